@@ -1,0 +1,1 @@
+"""Handwriting recognition library: data, augmentation, model, decoding. No work at import."""

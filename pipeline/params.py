@@ -1,0 +1,234 @@
+"""Typed, frozen views of ``params.yaml``.
+
+The YAML file is the single source of every value: no field here has a default, so a key
+missing from the file is an error rather than a silent fallback. ``load_params`` rejects
+unknown keys, missing keys and wrong types with a message naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from pipeline.errors import PipelineError
+
+DEFAULT_PARAMS_PATH = Path("params.yaml")
+
+
+class ParamsError(PipelineError, ValueError):
+    """A params file that does not match the schema; the message names file and key."""
+
+
+def _require(condition: bool, key: str, message: str) -> None:
+    """Range checks in ``__post_init__``; the loader adds the file name."""
+    if not condition:
+        raise ParamsError(f"{key}: {message}")
+
+
+@dataclass(frozen=True)
+class DataParams:
+    source: Literal["synthetic", "hub"]
+    hub_id: str  # a HuggingFace dataset id, or a local folder laid out like one
+    hub_revision: str  # commit, tag or branch of the hub dataset; ignored for a local folder
+    height: int  # every stored line is resized to this height (px), aspect ratio kept
+    max_bad_fraction: float  # pull fails when more rows than this are unusable
+
+    def __post_init__(self) -> None:
+        _require(self.height >= 8, "data.height", f"must be >= 8, got {self.height}")
+        _require(
+            0.0 <= self.max_bad_fraction <= 1.0,
+            "data.max_bad_fraction",
+            f"must be in [0, 1], got {self.max_bad_fraction}",
+        )
+        _require(bool(self.hub_id.strip()), "data.hub_id", "must not be empty")
+
+
+@dataclass(frozen=True)
+class SyntheticParams:
+    train_lines: int
+    validation_lines: int
+    test_lines: int
+    train_fonts: tuple[str, ...]  # fontpkg family names used for train and validation
+    test_fonts: tuple[str, ...]  # held out: never seen in train or validation
+    min_chars: int
+    max_chars: int
+    render_height: int  # px of the canvas the text is drawn on, before normalization
+    size_jitter: float  # relative font-size variation per line
+    slant_max: float  # max |shear| (x shift per px of height)
+    baseline_drift: float  # max vertical wander of words, as a fraction of the font size
+    word_spacing_jitter: float  # relative variation of the space between words
+    stroke_width_max: int  # px of extra stroke, drawn on the render canvas
+    elastic_alpha: float  # px displacement of the elastic warp on the render canvas
+    elastic_sigma: float  # px smoothness of that warp
+    ink_min: int  # darkest / lightest ink grey level (0-255)
+    ink_max: int
+    paper_min: int  # paper grey level range (0-255)
+    paper_max: int
+    noise_std: float  # grey levels of Gaussian paper noise
+
+    def __post_init__(self) -> None:
+        for name in ("train_lines", "validation_lines", "test_lines"):
+            value = getattr(self, name)
+            _require(value >= 1, f"synthetic.{name}", f"must be >= 1, got {value}")
+        _require(bool(self.train_fonts), "synthetic.train_fonts", "must list at least one font")
+        _require(bool(self.test_fonts), "synthetic.test_fonts", "must list at least one font")
+        shared = sorted(set(self.train_fonts) & set(self.test_fonts))
+        _require(
+            not shared,
+            "synthetic.test_fonts",
+            f"must be held out from train_fonts, but both list {shared}",
+        )
+        _require(
+            1 <= self.min_chars <= self.max_chars,
+            "synthetic.min_chars",
+            f"need 1 <= min_chars <= max_chars, got {self.min_chars} and {self.max_chars}",
+        )
+        _require(self.render_height >= 16, "synthetic.render_height", "must be >= 16")
+        _require(
+            0 <= self.ink_min <= self.ink_max < self.paper_min <= self.paper_max <= 255,
+            "synthetic.ink_min",
+            "need 0 <= ink_min <= ink_max < paper_min <= paper_max <= 255",
+        )
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    enabled: bool  # master switch: off means training sees the stored lines unchanged
+    affine: bool
+    affine_degrees: float
+    affine_shear: float  # degrees of horizontal shear (slant)
+    affine_scale: float  # relative shrink, e.g. 0.1 -> scale in [0.9, 1.0]
+    perspective: bool
+    perspective_distortion: float
+    elastic: bool
+    elastic_alpha: float
+    elastic_sigma: float
+    morphology: bool  # random erosion or dilation: thinner or thicker strokes
+    morphology_kernel: int
+    brightness_contrast: bool
+    brightness: float
+    contrast: float
+    probability: float  # each enabled transform is applied with this probability
+
+    def __post_init__(self) -> None:
+        _require(
+            0.0 <= self.probability <= 1.0,
+            "augment.probability",
+            f"must be in [0, 1], got {self.probability}",
+        )
+        _require(
+            self.morphology_kernel >= 2,
+            "augment.morphology_kernel",
+            f"must be >= 2, got {self.morphology_kernel}",
+        )
+        _require(
+            0.0 <= self.perspective_distortion <= 1.0,
+            "augment.perspective_distortion",
+            "must be in [0, 1]",
+        )
+        _require(self.elastic_sigma > 0, "augment.elastic_sigma", "must be > 0")
+
+
+@dataclass(frozen=True)
+class PreviewParams:
+    lines: int  # training lines shown, one row each
+    variants: int  # augmented versions per line
+
+    def __post_init__(self) -> None:
+        _require(self.lines >= 1, "preview.lines", f"must be >= 1, got {self.lines}")
+        _require(self.variants >= 1, "preview.variants", f"must be >= 1, got {self.variants}")
+
+
+@dataclass(frozen=True)
+class Params:
+    seed: int
+    data: DataParams
+    synthetic: SyntheticParams
+    augment: AugmentParams
+    preview: PreviewParams
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return " or ".join(repr(a) for a in typing.get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it in its typed form."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ParamsError(f"{key}: expected a mapping (section), got {value!r}")
+        return _build(tp, value, key)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ParamsError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+        return value
+    if origin is tuple:  # written as a YAML list; stored as a tuple so params stay immutable
+        item_type = typing.get_args(tp)[0]
+        if not isinstance(value, list):
+            raise ParamsError(f"{key}: expected a list, got {value!r}")
+        return tuple(_convert(v, item_type, f"{key}[{i}]") for i, v in enumerate(value))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ParamsError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ParamsError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            hint = ""
+            if isinstance(value, str):
+                hint = " (YAML reads 5e-4 as a string: write 5.0e-4)"
+            raise ParamsError(f"{key}: expected a number, got {value!r}{hint}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ParamsError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"{key}: unsupported annotation {tp!r}")  # a bug in this module
+
+
+def _build(cls: type, mapping: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    dotted = (lambda name: f"{prefix}.{name}") if prefix else (lambda name: name)
+    unknown = sorted(set(mapping) - set(names))
+    if unknown:
+        raise ParamsError(f"{dotted(unknown[0])}: unknown key (known: {', '.join(names)})")
+    missing = [name for name in names if name not in mapping]
+    if missing:
+        raise ParamsError(f"{dotted(missing[0])}: missing key")
+    values = {name: _convert(mapping[name], hints[name], dotted(name)) for name in names}
+    return cls(**values)
+
+
+def parse_params(mapping: Any, source: str = "<params>") -> Params:
+    """Validate an already-loaded mapping; errors are prefixed with ``source``."""
+    if not isinstance(mapping, dict):
+        raise ParamsError(f"{source}: expected a mapping of sections, got {type(mapping).__name__}")
+    try:
+        return _build(Params, mapping, "")
+    except ParamsError as error:
+        raise ParamsError(f"{source}: {error}") from None
+
+
+def load_params(path: Path | str = DEFAULT_PARAMS_PATH) -> Params:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: file not found (run from the project root)") from None
+    try:
+        mapping = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ParamsError(f"{path}: not valid YAML: {error}") from None
+    return parse_params(mapping, str(path))

@@ -1,0 +1,232 @@
+"""The embedded default dataset: handwriting-style text lines rendered offline.
+
+Text comes from English prose shipped with Python (``pydoc_data.topics``), cut into
+line-length chunks and kept to IAM's character set. Each line is drawn with one of the
+openly licensed handwriting fonts installed by the ``fontpkg-*`` packages, with writer-like
+variation (size, slant, baseline drift, word spacing, stroke width, a mild elastic warp,
+ink and paper tones, noise). Every line draws its randomness from ``(seed, split, index)``
+alone, so output is identical across runs and independent of how many lines are asked for.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cache
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+from scipy import ndimage
+
+from pipeline.errors import PipelineError
+from pipeline.lines import SourceRow
+from pipeline.params import SyntheticParams
+
+# The character set of the IAM database lines (79 characters).
+IAM_CHARSET = " !\"#&'()*+,-./0123456789:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+SPLIT_INDEX = {"train": 0, "validation": 1, "test": 2}
+
+# Prose-like tokens only: a word, optionally wrapped in quotes/brackets and followed by
+# punctuation. Code fragments of the Python docs ("x[i]", "__init__") fail this pattern.
+_WORD = re.compile(r"""^["'(#]?[A-Za-z0-9&][A-Za-z0-9'&/+*-]*[.,;:!?"')]*$""")
+
+
+class SyntheticError(PipelineError, ValueError):
+    pass
+
+
+@cache
+def corpus_words() -> tuple[str, ...]:
+    from pydoc_data.topics import topics
+
+    words = []
+    for key in sorted(topics):
+        for word in topics[key].split():
+            if _WORD.match(word) and all(ch in IAM_CHARSET for ch in word):
+                words.append(word)
+    return tuple(words)
+
+
+def corpus_lines(min_chars: int, max_chars: int, seed: int) -> list[str]:
+    """Consecutive words cut into lines of a random target length, in corpus order."""
+    rng = np.random.default_rng([seed, 99])
+    lines: list[str] = []
+    current: list[str] = []
+    length = 0
+    target = int(rng.integers(min_chars, max_chars + 1))
+    for word in corpus_words():
+        if len(word) > max_chars:
+            continue
+        added = len(word) + (1 if current else 0)
+        if current and length + added > target:
+            if length >= min_chars:
+                lines.append(" ".join(current))
+            current, length = [], 0
+            target = int(rng.integers(min_chars, max_chars + 1))
+            added = len(word)
+        current.append(word)
+        length += added
+    return lines
+
+
+def split_texts(params: SyntheticParams, seed: int) -> dict[str, list[str]]:
+    """Disjoint texts per split: a seeded shuffle of the corpus lines, cut in three."""
+    lines = corpus_lines(params.min_chars, params.max_chars, seed)
+    order = np.random.default_rng([seed, 7]).permutation(len(lines))
+    sizes = {
+        "train": params.train_lines,
+        "validation": params.validation_lines,
+        "test": params.test_lines,
+    }
+    if sum(sizes.values()) > len(lines):
+        raise SyntheticError(
+            f"synthetic: asked for {sum(sizes.values())} lines but the corpus gives "
+            f"{len(lines)} distinct lines of {params.min_chars}-{params.max_chars} characters; "
+            "lower synthetic.*_lines or widen min_chars/max_chars"
+        )
+    texts, start = {}, 0
+    for split, size in sizes.items():
+        texts[split] = [lines[i] for i in order[start : start + size]]
+        start += size
+    return texts
+
+
+@dataclass(frozen=True)
+class LoadedFont:
+    name: str
+    path: str
+    extent_per_px: float  # (ascent + descent) / font size
+
+
+@cache
+def load_font(name: str) -> LoadedFont:
+    """Resolve a fontpkg family and check it draws every character of the IAM charset."""
+    import fontpkg
+
+    try:
+        path = str(fontpkg.path(name, nearest=True))
+    except fontpkg.FontpkgError as error:
+        installed = ", ".join(sorted(fontpkg.families())) or "none"
+        raise SyntheticError(
+            f"synthetic font {name!r}: {error} (installed fontpkg families: {installed})"
+        ) from None
+    font = ImageFont.truetype(path, 100)
+    notdef = np.asarray(font.getmask("\U0010fffd"))
+    missing = []
+    for ch in IAM_CHARSET.replace(" ", ""):
+        mask = np.asarray(font.getmask(ch))
+        if (
+            mask.size == 0
+            or mask.max() == 0
+            or (mask.shape == notdef.shape and (mask == notdef).all())
+        ):
+            missing.append(ch)
+    if missing:
+        raise SyntheticError(
+            f"synthetic font {name!r} ({path}) has no glyph for {''.join(missing)!r}"
+        )
+    ascent, descent = font.getmetrics()
+    return LoadedFont(name=name, path=path, extent_per_px=(ascent + descent) / 100)
+
+
+@cache
+def _truetype(path: str, size: int) -> ImageFont.FreeTypeFont:
+    return ImageFont.truetype(path, size)
+
+
+def render_line(
+    text: str, font_name: str, params: SyntheticParams, rng: np.random.Generator
+) -> Image.Image:
+    """One grayscale line image (dark ink on light paper) at ``params.render_height``."""
+    loaded = load_font(font_name)
+    height = params.render_height
+    jitter = 1.0 + params.size_jitter * rng.uniform(-1.0, 1.0)
+    # Size the font so its ascent+descent fills ~75 % of the canvas: every font reaches a
+    # similar x-height, leaving room for baseline drift.
+    size = max(8, round(0.75 * height / loaded.extent_per_px * jitter))
+    font = _truetype(loaded.path, size)
+    ascent, descent = font.getmetrics()
+    space = font.getlength(" ")
+    stroke = int(rng.integers(0, params.stroke_width_max + 1))
+    words = text.split(" ")
+    slant = params.slant_max * rng.uniform(-1.0, 1.0)
+
+    margin = int(height * 0.5)
+    total = sum(font.getlength(w) for w in words) + space * (1 + params.word_spacing_jitter) * len(
+        words
+    )
+    canvas_width = int(total) + 2 * margin + int(abs(slant) * height)
+    ink = Image.new("L", (canvas_width, height), 0)  # ink coverage: 0 paper, 255 ink
+    draw = ImageDraw.Draw(ink)
+    top = (height - (ascent + descent)) / 2
+    x, drift = float(margin), 0.0
+    for word in words:
+        drift = 0.6 * drift + rng.normal(0.0, params.baseline_drift * size)
+        drift = float(np.clip(drift, -top, top))
+        draw.text((x, top + drift), word, font=font, fill=255, stroke_width=stroke, stroke_fill=255)
+        gap = space * (1.0 + params.word_spacing_jitter * rng.uniform(-1.0, 1.0))
+        x += font.getlength(word) + gap
+
+    # Slant: shear about the vertical centre so the line stays on the canvas.
+    ink = ink.transform(
+        ink.size,
+        Image.Transform.AFFINE,
+        (1.0, slant, -slant * height / 2, 0.0, 1.0, 0.0),
+        resample=Image.Resampling.BILINEAR,
+    )
+    coverage = np.asarray(ink, dtype=np.float32) / 255.0
+    coverage = _elastic(coverage, params.elastic_alpha, params.elastic_sigma, rng)
+
+    columns = np.flatnonzero(coverage.max(axis=0) > 0.1)
+    if columns.size == 0:
+        raise SyntheticError(f"font {font_name!r} drew nothing for {text!r}")
+    pad = int(rng.integers(2, max(3, height // 8)))
+    left, right = max(0, columns[0] - pad), min(coverage.shape[1], columns[-1] + 1 + pad)
+    coverage = coverage[:, left:right]
+
+    ink_level = rng.uniform(params.ink_min, params.ink_max)
+    paper_level = rng.uniform(params.paper_min, params.paper_max)
+    pixels = paper_level + (ink_level - paper_level) * coverage
+    pixels += rng.normal(0.0, params.noise_std, size=pixels.shape)
+    return Image.fromarray(np.clip(pixels, 0, 255).round().astype(np.uint8), "L")
+
+
+def _elastic(image: np.ndarray, alpha: float, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """Smooth random displacement (alpha px, smoothness sigma px): wobbly, legible strokes."""
+    if alpha <= 0:
+        return image
+    shape = image.shape
+    dy = ndimage.gaussian_filter(rng.uniform(-1, 1, shape), sigma, mode="constant")
+    dx = ndimage.gaussian_filter(rng.uniform(-1, 1, shape), sigma, mode="constant")
+    # Normalize so alpha is the largest displacement whatever sigma is.
+    scale = alpha / max(np.abs(dy).max(), np.abs(dx).max(), 1e-8)
+    rows, cols = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
+    coords = np.array([rows + dy * scale, cols + dx * scale])
+    return ndimage.map_coordinates(image, coords, order=1, mode="constant", cval=0.0)
+
+
+def split_fonts(params: SyntheticParams, split: str) -> tuple[str, ...]:
+    return params.test_fonts if split == "test" else params.train_fonts
+
+
+def generate_split(
+    params: SyntheticParams, seed: int, split: str, texts: list[str]
+) -> Iterator[SourceRow]:
+    """Rendered lines as source rows (PNG at render height; ``pull`` normalizes them)."""
+    fonts = split_fonts(params, split)
+    for font in fonts:
+        load_font(font)  # fail on a bad font before drawing anything
+    for index, text in enumerate(texts):
+        rng = np.random.default_rng([seed, SPLIT_INDEX[split], index])
+        font = fonts[int(rng.integers(len(fonts)))]
+        buffer = io.BytesIO()
+        render_line(text, font, params, rng).save(buffer, format="PNG", compress_level=1)
+        yield SourceRow(
+            name=f"{split} line {index}",
+            id=f"{split}-{index:06d}",
+            image=buffer.getvalue(),
+            text=text,
+            writer=font,  # the font is the "hand" that wrote the line
+        )

@@ -1,0 +1,69 @@
+"""Shared fixtures: tiny params and tiny datasets the tests make themselves (no network)."""
+
+from __future__ import annotations
+
+import copy
+import io
+import os
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: see stages/__init__.py
+# datasets caches what it loads: keep the tests out of the user's HuggingFace cache.
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="htr-tests-hf-")
+
+import pandas as pd
+import pytest
+import yaml
+from PIL import Image
+
+from pipeline.params import Params, parse_params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def project_params_dict() -> dict:
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def tiny_params_dict() -> dict:
+    """The project's params with everything shrunk to seconds of work."""
+    params = copy.deepcopy(project_params_dict())
+    params["synthetic"].update(train_lines=12, validation_lines=4, test_lines=4)
+    params["preview"].update(lines=2, variants=2)
+    return params
+
+
+@pytest.fixture
+def tiny_params() -> Params:
+    return parse_params(tiny_params_dict(), "tiny params")
+
+
+def png_bytes(width: int = 120, height: int = 40, mode: str = "L", color=200) -> bytes:
+    buffer = io.BytesIO()
+    Image.new(mode, (width, height), color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def jpeg_bytes(width: int = 120, height: int = 40) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (230, 230, 230)).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def write_hub_layout(root: Path, splits: dict[str, list[tuple[bytes, str]]]) -> Path:
+    """A folder laid out like the Teklia/IAM-line hub repo: data/<split>-*.parquet with
+    ``image`` as struct{bytes, path} and ``text``, written by pandas (no HF metadata)."""
+    (root / "data").mkdir(parents=True, exist_ok=True)
+    for split, rows in splits.items():
+        frame = pd.DataFrame(
+            {
+                "image": [
+                    {"bytes": image, "path": f"{split}_{i}.jpg"}
+                    for i, (image, _) in enumerate(rows)
+                ],
+                "text": [text for _, text in rows],
+            }
+        )
+        frame.to_parquet(root / "data" / f"{split}-00000-of-00001.parquet", index=False)
+    return root

@@ -1,0 +1,89 @@
+import copy
+
+import pytest
+import yaml
+
+from pipeline.params import Params, ParamsError, load_params, parse_params
+from tests.conftest import ROOT, project_params_dict
+
+
+def test_project_params_load():
+    params = load_params(ROOT / "params.yaml")
+    assert isinstance(params, Params)
+    assert isinstance(params.synthetic.train_fonts, tuple)
+    with pytest.raises(AttributeError):
+        params.seed = 1  # frozen
+
+
+def _error(mutate) -> str:
+    mapping = copy.deepcopy(project_params_dict())
+    mutate(mapping)
+    with pytest.raises(ParamsError) as caught:
+        parse_params(mapping, "params.yaml")
+    return str(caught.value)
+
+
+def test_unknown_key_is_named():
+    message = _error(lambda m: m["data"].update(hieght=32))
+    assert message.startswith("params.yaml: data.hieght: unknown key")
+
+
+def test_unknown_section_is_named():
+    assert "params.yaml: trian: unknown key" in _error(lambda m: m.update(trian={}))
+
+
+def test_missing_key_is_named():
+    assert "params.yaml: augment.elastic: missing key" in _error(
+        lambda m: m["augment"].pop("elastic")
+    )
+
+
+def test_wrong_types_are_named():
+    assert "data.height: expected an integer, got '32'" in _error(
+        lambda m: m["data"].update(height="32")
+    )
+    assert "data.height: expected an integer" in _error(lambda m: m["data"].update(height=32.5))
+    assert "augment.enabled: expected true or false" in _error(
+        lambda m: m["augment"].update(enabled=1)
+    )
+    assert "synthetic.train_fonts: expected a list" in _error(
+        lambda m: m["synthetic"].update(train_fonts="kalam")
+    )
+    assert "data.source: expected 'synthetic' or 'hub'" in _error(
+        lambda m: m["data"].update(source="iam")
+    )
+
+
+def test_yaml_exponent_without_dot_gets_a_hint():
+    mapping = yaml.safe_load("x: 5e-4\ny: 5.0e-4")
+    assert mapping == {"x": "5e-4", "y": 5.0e-4}  # the YAML 1.1 trap this guards against
+    message = _error(lambda m: m["augment"].update(brightness=mapping["x"]))
+    assert "augment.brightness: expected a number" in message and "write 5.0e-4" in message
+
+
+def test_int_is_accepted_for_float():
+    mapping = copy.deepcopy(project_params_dict())
+    mapping["augment"]["brightness"] = 1
+    params = parse_params(mapping)
+    assert params.augment.brightness == 1.0 and isinstance(params.augment.brightness, float)
+
+
+def test_out_of_range_values_are_named():
+    assert "data.height: must be >= 8" in _error(lambda m: m["data"].update(height=4))
+    assert "data.max_bad_fraction" in _error(lambda m: m["data"].update(max_bad_fraction=1.5))
+    assert "augment.probability" in _error(lambda m: m["augment"].update(probability=-0.1))
+    assert "preview.variants: must be >= 1" in _error(lambda m: m["preview"].update(variants=0))
+
+
+def test_test_fonts_must_be_held_out():
+    message = _error(lambda m: m["synthetic"].update(test_fonts=["kalam"]))
+    assert "synthetic.test_fonts: must be held out" in message and "kalam" in message
+
+
+def test_file_errors_name_the_file(tmp_path):
+    with pytest.raises(ParamsError, match=r"missing\.yaml: file not found"):
+        load_params(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [unclosed")
+    with pytest.raises(ParamsError, match=r"bad\.yaml: not valid YAML"):
+        load_params(bad)

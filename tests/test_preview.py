@@ -1,0 +1,46 @@
+import dataclasses
+
+import torch
+from PIL import Image
+
+from pipeline.augment import build_augmentation, transform_steps
+from stages.preview import preview
+from stages.pull import pull
+
+
+def test_preview_writes_one_grid_per_transform_and_is_deterministic(tmp_path, tiny_params):
+    pull(tiny_params, tmp_path / "lines", tmp_path / "m.json")
+    written = preview(tiny_params, tmp_path / "lines" / "train.parquet", tmp_path / "preview")
+    names = sorted(p.name for p in written)
+    assert names == sorted(
+        ["augment.png"] + [f"{name}.png" for name, _ in transform_steps(tiny_params.augment)]
+    )
+    grid = Image.open(written[0])
+    assert grid.width > 200 and grid.height > 2 * 64  # two lines shown at 64 px
+    first = {p.name: p.read_bytes() for p in written}
+    preview(tiny_params, tmp_path / "lines" / "train.parquet", tmp_path / "preview")
+    assert {p.name: p.read_bytes() for p in written} == first
+
+
+def test_each_transform_can_be_switched_off(tiny_params):
+    all_on = [name for name, _ in transform_steps(tiny_params.augment)]
+    assert all_on == ["affine", "perspective", "elastic", "morphology", "brightness_contrast"]
+    off = dataclasses.replace(tiny_params.augment, elastic=False, morphology=False)
+    assert [name for name, _ in transform_steps(off)] == [
+        "affine",
+        "perspective",
+        "brightness_contrast",
+    ]
+    assert build_augmentation(dataclasses.replace(tiny_params.augment, enabled=False)) is None
+
+
+def test_augmentation_keeps_type_and_paper_and_changes_pixels(tiny_params):
+    image = torch.full((1, 32, 160), 240, dtype=torch.uint8)
+    image[:, 10:22, 20:140] = 20  # a dark bar of "ink"
+    always = dataclasses.replace(tiny_params.augment, probability=1.0)
+    torch.manual_seed(0)
+    out = build_augmentation(always)(image)
+    assert out.dtype == torch.uint8 and out.shape[0] == 1 and out.shape[1] == 32
+    assert out.shape[2] >= 160  # sides are padded with paper, never cropped
+    assert not torch.equal(out[:, :, :160], image)
+    assert out.float().mean() > 128  # still mostly paper
