@@ -55,6 +55,11 @@ class Charset:
             raise CharsetError(f"characters not in the charset: {''.join(sorted(missing))!r}")
         return [self._index[ch] for ch in text]  # type: ignore[attr-defined]
 
+    def encode_known(self, text: str) -> list[int]:
+        """Ids of the characters of ``text`` the charset has; the others are skipped."""
+        index = self._index  # type: ignore[attr-defined]
+        return [index[ch] for ch in text if ch in index]
+
     def decode(self, ids: Sequence[int]) -> str:
         """Ids (already collapsed, no blanks) -> text."""
         return "".join(self.characters[i - 1] for i in ids if i != BLANK_ID)

@@ -106,8 +106,8 @@ class AugmentParams:
     perspective: bool
     perspective_distortion: float
     elastic: bool
-    elastic_alpha: float
-    elastic_sigma: float
+    elastic_alpha: float  # px, largest displacement
+    elastic_sigma: float  # px between nodes of the coarse displacement grid (smoothness)
     morphology: bool  # random erosion or dilation: thinner or thicker strokes
     morphology_kernel: int
     brightness_contrast: bool
@@ -145,12 +145,152 @@ class PreviewParams:
 
 
 @dataclass(frozen=True)
+class ArchitectureParams:
+    """One CRNN size. Strides are per ResNet stage; the stem adds its own."""
+
+    height: int  # px the lines are resized to (aspect kept) before the encoder
+    stem_channels: int
+    stem_kernel: int
+    stem_stride: int
+    stem_pool: bool  # a 3x3/2 max-pool after the stem (ResNet's)
+    widths: tuple[int, ...]  # channels of each stage
+    blocks: tuple[int, ...]  # BasicBlocks per stage
+    height_strides: tuple[int, ...]
+    width_strides: tuple[int, ...]  # their product (with the stem's) sets px per frame
+    lstm_layers: int
+    lstm_hidden: int
+    lstm_dropout: float
+
+    def __post_init__(self) -> None:
+        stages = len(self.widths)
+        for name in ("blocks", "height_strides", "width_strides"):
+            _require(
+                len(getattr(self, name)) == stages,
+                f"model.presets.*.{name}",
+                f"needs one entry per stage ({stages}, as widths), got {len(getattr(self, name))}",
+            )
+        for name in (
+            "height",
+            "stem_channels",
+            "stem_kernel",
+            "stem_stride",
+            "lstm_layers",
+            "lstm_hidden",
+        ):
+            _require(getattr(self, name) >= 1, f"model.presets.*.{name}", "must be >= 1")
+        for name in ("widths", "blocks", "height_strides", "width_strides"):
+            _require(
+                min(getattr(self, name), default=0) >= 1,
+                f"model.presets.*.{name}",
+                "entries must be >= 1",
+            )
+        _require(
+            0.0 <= self.lstm_dropout < 1.0, "model.presets.*.lstm_dropout", "must be in [0, 1)"
+        )
+        reduction = self.stem_stride * (2 if self.stem_pool else 1)
+        for stride in self.height_strides:
+            reduction *= stride
+        _require(
+            self.height >= reduction,
+            "model.presets.*.height",
+            f"{self.height} px cannot be reduced {reduction}x by the encoder's strides",
+        )
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    preset: str  # a key of ``presets``
+    column_pool: Literal["max", "avg"]  # how CNN features are collapsed over the height
+    shortcut: bool  # the CTC shortcut head (arXiv 2404.11339)
+    shortcut_weight: float  # its share of the loss
+    presets: dict[str, ArchitectureParams]
+
+    def __post_init__(self) -> None:
+        _require(
+            self.preset in self.presets,
+            "model.preset",
+            f"{self.preset!r} is not one of model.presets ({', '.join(self.presets)})",
+        )
+        _require(self.shortcut_weight >= 0.0, "model.shortcut_weight", "must be >= 0")
+
+    @property
+    def architecture(self) -> ArchitectureParams:
+        return self.presets[self.preset]
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    batch_size: int
+    learning_rate: float  # peak of the one-cycle schedule (stepped every optimizer step)
+    weight_decay: float
+    warmup_fraction: float  # share of the steps spent warming up
+    max_epochs: int
+    max_time_minutes: float  # wall-clock cap on fitting; 0 = none
+    early_stopping_patience: int  # epochs without a better val/cer; 0 = off
+    gradient_clip: float  # max gradient norm; 0 = off
+    precision: str  # "auto" (bf16-mixed on a GPU, 32-true on CPU) or any Lightning value
+    accelerator: str  # "auto" picks the GPU when there is one
+    devices: str  # "auto", a count ("2") or a list ("0,1")
+    strategy: str  # "auto", "ddp", ...
+    num_nodes: int
+    num_workers: int  # DataLoader worker processes
+    cpu_threads: int  # torch intra-op threads on CPU; 0 = torch's default
+    deterministic: bool  # torch deterministic algorithms (same metrics on every CPU run)
+    init_from: str  # checkpoint to fine-tune from; "" trains from scratch
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "max_epochs", "num_nodes"):
+            _require(
+                getattr(self, name) >= 1,
+                f"train.{name}",
+                f"must be >= 1, got {getattr(self, name)}",
+            )
+        for name in ("num_workers", "cpu_threads", "early_stopping_patience"):
+            _require(
+                getattr(self, name) >= 0,
+                f"train.{name}",
+                f"must be >= 0, got {getattr(self, name)}",
+            )
+        _require(self.learning_rate > 0, "train.learning_rate", "must be > 0")
+        _require(0.0 < self.warmup_fraction < 1.0, "train.warmup_fraction", "must be in (0, 1)")
+        for name in ("weight_decay", "max_time_minutes", "gradient_clip"):
+            _require(getattr(self, name) >= 0, f"train.{name}", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    batch_size: int
+    beam_width: int  # hypotheses kept per frame
+    beam_size_token: int  # tokens tried per frame (0: all); the main speed knob on CPU
+    beam_threshold: float  # prune hypotheses this far (log-prob) below the best
+    worst_lines: int  # lines shown in the worst-lines picture
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "beam_width"):
+            _require(
+                getattr(self, name) >= 1,
+                f"evaluate.{name}",
+                f"must be >= 1, got {getattr(self, name)}",
+            )
+        for name in ("beam_size_token", "worst_lines"):
+            _require(
+                getattr(self, name) >= 0,
+                f"evaluate.{name}",
+                f"must be >= 0, got {getattr(self, name)}",
+            )
+        _require(self.beam_threshold > 0, "evaluate.beam_threshold", "must be > 0")
+
+
+@dataclass(frozen=True)
 class Params:
     seed: int
     data: DataParams
     synthetic: SyntheticParams
     augment: AugmentParams
     preview: PreviewParams
+    model: ModelParams
+    train: TrainParams
+    evaluate: EvaluateParams
 
 
 def _type_name(tp: Any) -> str:
@@ -170,6 +310,11 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         if value not in typing.get_args(tp):
             raise ParamsError(f"{key}: expected {_type_name(tp)}, got {value!r}")
         return value
+    if origin is dict:
+        value_type = typing.get_args(tp)[1]
+        if not isinstance(value, dict) or not value:
+            raise ParamsError(f"{key}: expected a non-empty mapping, got {value!r}")
+        return {str(k): _convert(v, value_type, f"{key}.{k}") for k, v in value.items()}
     if origin is tuple:  # written as a YAML list; stored as a tuple so params stay immutable
         item_type = typing.get_args(tp)[0]
         if not isinstance(value, list):

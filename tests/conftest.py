@@ -31,6 +31,10 @@ def tiny_params_dict() -> dict:
     params = copy.deepcopy(project_params_dict())
     params["synthetic"].update(train_lines=12, validation_lines=4, test_lines=4)
     params["preview"].update(lines=2, variants=2)
+    params["model"]["presets"]["cpu"].update(
+        stem_channels=8, widths=[8, 16, 16, 16], lstm_layers=1, lstm_hidden=32
+    )
+    params["train"].update(batch_size=4, max_epochs=1, early_stopping_patience=0)
     return params
 
 

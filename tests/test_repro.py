@@ -59,8 +59,8 @@ def tiny_project(tmp_path) -> Path:
     return make_project(tmp_path / "project", tiny_params_dict())
 
 
-def test_repro_pull_and_preview_then_nothing_to_do(tiny_project):
-    dvc(tiny_project, "repro", "preview")
+def test_repro_then_nothing_to_do(tiny_project):
+    dvc(tiny_project, "repro")
     for split in ("train", "validation", "test"):
         assert (tiny_project / "data" / "lines" / f"{split}.parquet").stat().st_size > 0
     assert (tiny_project / "data" / "lines" / "charset.json").exists()
@@ -72,7 +72,14 @@ def test_repro_pull_and_preview_then_nothing_to_do(tiny_project):
     ).stdout.split()
     assert ignored == ["data/lines", "reports/preview"]
 
-    again = dvc(tiny_project, "repro", "preview")
+    assert (tiny_project / "models" / "model.ckpt").stat().st_size > 0
+    assert (tiny_project / "metrics" / "train.json").exists()
+    assert (tiny_project / "dvclive" / "plots" / "metrics" / "val" / "cer.tsv").exists()
+    # DVCLive must not have written a dvc.yaml of its own or touched ours
+    assert not (tiny_project / "dvclive" / "dvc.yaml").exists()
+    assert _run(["git", "diff", "--stat", "dvc.yaml"], tiny_project).stdout == ""
+
+    again = dvc(tiny_project, "repro")
     assert "Data and pipelines are up to date" in again.stdout + again.stderr
     assert "Data and pipelines are up to date" in dvc(tiny_project, "status").stdout
 

@@ -1,0 +1,304 @@
+"""The ``LightningDataModule``: line parquet -> padded, width-bucketed batches.
+
+A batch is a ``Batch``: images ``(B, 1, H, W)`` float with ink = 1 and paper = 0, padded on
+the right with 0 to the widest line; ``widths (B,)`` the real widths in px (the model
+turns them into CTC input lengths); targets concatenated ``(sum L,)`` with ``target_lengths
+(B,)``; and the texts, ids and writers for metrics and reports.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import logging
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from pipeline.augment import Transform, build_augmentation
+from pipeline.charset import Charset
+from pipeline.lines import read_split
+from pipeline.params import AugmentParams
+
+log = logging.getLogger(__name__)
+
+BUCKET_BATCHES = 32  # batches per width-sorted pool: less padding, still well shuffled
+
+
+@dataclass
+class Batch:
+    images: torch.Tensor  # (B, 1, H, W)
+    widths: torch.Tensor  # (B,) int64
+    targets: torch.Tensor  # (sum L,) int64
+    target_lengths: torch.Tensor  # (B,) int64
+    texts: list[str]
+    ids: list[str]
+    writers: list[str | None]
+
+    def to(self, device: torch.device) -> Batch:
+        self.images = self.images.to(device, non_blocking=True)
+        self.widths = self.widths.to(device)
+        self.targets = self.targets.to(device)
+        self.target_lengths = self.target_lengths.to(device)
+        return self
+
+
+def ctc_min_frames(ids: Sequence[int]) -> int:
+    """Frames CTC needs for this target: one per label, plus a blank between repeats."""
+    return len(ids) + sum(1 for a, b in itertools.pairwise(ids) if a == b)
+
+
+def resized_width(width: int, height: int, target_height: int) -> int:
+    return max(1, round(width * target_height / height))
+
+
+def decode_png(data: bytes) -> torch.Tensor:
+    with Image.open(io.BytesIO(data)) as image:
+        return torch.from_numpy(np.array(image.convert("L")))[None]  # (1, H, W) uint8
+
+
+def to_model_input(image: torch.Tensor, height: int) -> torch.Tensor:
+    """(1, h, w) uint8, dark ink on light paper -> (1, height, w') float, ink 1, paper 0."""
+    ink = 1.0 - image.float() / 255.0
+    if ink.shape[-2] != height:
+        width = resized_width(ink.shape[-1], ink.shape[-2], height)
+        ink = F.interpolate(ink[None], size=(height, width), mode="bilinear", antialias=True)[0]
+    return ink
+
+
+class LineDataset(Dataset):
+    """One split; images decoded lazily; targets encoded with the model's charset."""
+
+    def __init__(
+        self,
+        path: Path,
+        charset: Charset,
+        height: int,
+        augmentation: Transform | None = None,
+    ) -> None:
+        table = read_split(path)
+        self.path = path
+        self.images: list[bytes] = table.column("image").to_pylist()
+        self.texts: list[str] = table.column("text").to_pylist()
+        self.ids: list[str] = table.column("id").to_pylist()
+        self.writers: list[str | None] = table.column("writer").to_pylist()
+        stored_widths = table.column("width").to_pylist()
+        stored_heights = table.column("height").to_pylist()
+        self.widths = [
+            resized_width(w, h, height) for w, h in zip(stored_widths, stored_heights, strict=True)
+        ]
+        self.charset = charset
+        self.height = height
+        self.augmentation = augmentation
+        # Characters the model cannot output are left out of the loss target (the metrics
+        # still compare against the full text, so they count as errors).
+        self.unknown_lines = sum(1 for text in self.texts if charset.unknown(text))
+        self.targets = [charset.encode_known(text) for text in self.texts]
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def keep(self, indices: Sequence[int]) -> None:
+        for name in ("images", "texts", "ids", "writers", "widths", "targets"):
+            values = getattr(self, name)
+            setattr(self, name, [values[i] for i in indices])
+
+    def __getitem__(self, index: int) -> dict:
+        image = decode_png(self.images[index])
+        if self.augmentation is not None:
+            image = self.augmentation(image)
+        return {
+            "image": to_model_input(image, self.height),
+            "target": self.targets[index],
+            "text": self.texts[index],
+            "id": self.ids[index],
+            "writer": self.writers[index],
+        }
+
+
+def collate(items: list[dict]) -> Batch:
+    widths = torch.tensor([item["image"].shape[-1] for item in items])
+    height = items[0]["image"].shape[-2]
+    images = torch.zeros(len(items), 1, height, int(widths.max()))  # (B, 1, H, W), 0 = paper
+    for i, item in enumerate(items):
+        images[i, :, :, : item["image"].shape[-1]] = item["image"]
+    return Batch(
+        images=images,
+        widths=widths,
+        targets=torch.tensor([c for item in items for c in item["target"]], dtype=torch.long),
+        target_lengths=torch.tensor([len(item["target"]) for item in items]),
+        texts=[item["text"] for item in items],
+        ids=[item["id"] for item in items],
+        writers=[item["writer"] for item in items],
+    )
+
+
+class WidthBucketBatches:
+    """Batches of similar width (less padding), reshuffled every epoch, split across ranks.
+
+    Training: shuffle, cut into pools of ``BUCKET_BATCHES`` batches, sort each pool by
+    width, batch, shuffle the batches. Evaluation: sorted by width, in order.
+    """
+
+    def __init__(
+        self,
+        widths: Sequence[int],
+        batch_size: int,
+        shuffle: bool,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        self.widths = np.asarray(widths)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    @property
+    def sampler(self) -> WidthBucketBatches:
+        # Lightning calls ``dataloader.batch_sampler.sampler.set_epoch(epoch)`` each epoch;
+        # answering as our own sampler gets us the epoch, so a resumed run sees the same
+        # order the interrupted one would have.
+        return self
+
+    def _all_batches(self) -> list[list[int]]:
+        if not self.shuffle:
+            # evaluation: each rank reads every world_size-th line (every line read once)
+            order = np.argsort(self.widths, kind="stable")[self.rank :: self.world_size]
+            return [
+                order[i : i + self.batch_size].tolist()
+                for i in range(0, len(order), self.batch_size)
+            ]
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(len(self.widths))
+        pool = self.batch_size * BUCKET_BATCHES
+        batches = []
+        for start in range(0, len(order), pool):
+            chunk = order[start : start + pool]
+            chunk = chunk[np.argsort(self.widths[chunk], kind="stable")]
+            batches += [
+                chunk[i : i + self.batch_size].tolist()
+                for i in range(0, len(chunk), self.batch_size)
+            ]
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+        # training: whole batches per rank, the same count on every rank (DDP hangs otherwise)
+        per_rank = len(batches) // self.world_size
+        return batches[self.rank :: self.world_size][:per_rank]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self._all_batches())
+
+    def __len__(self) -> int:
+        if self.shuffle:
+            return math.ceil(len(self.widths) / self.batch_size) // self.world_size
+        lines = len(range(self.rank, len(self.widths), self.world_size))
+        return math.ceil(lines / self.batch_size)
+
+
+class LineDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        lines_dir: Path,
+        charset: Charset,
+        height: int,
+        model_frames: Callable[[torch.Tensor], torch.Tensor],
+        batch_size: int,
+        augment: AugmentParams,
+        seed: int,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        self.lines_dir = Path(lines_dir)
+        self.charset = charset
+        self.height = height
+        self.model_frames = model_frames  # widths (px) -> CTC input lengths
+        self.batch_size = batch_size
+        self.augment = augment
+        self.seed = seed
+        self.num_workers = num_workers
+        self.datasets: dict[str, LineDataset] = {}
+        self.dropped_infeasible: dict[str, int] = {}
+
+    def split_dataset(self, split: str, train: bool = False) -> LineDataset:
+        augmentation = build_augmentation(self.augment) if train else None
+        return LineDataset(
+            self.lines_dir / f"{split}.parquet", self.charset, self.height, augmentation
+        )
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in ("fit", None) and "train" not in self.datasets:
+            self.datasets["train"] = self._feasible(
+                self.split_dataset("train", train=True), "train"
+            )
+            self.datasets["validation"] = self.split_dataset("validation")
+        if stage in ("validate",) and "validation" not in self.datasets:
+            self.datasets["validation"] = self.split_dataset("validation")
+        if stage in ("test", None) and "test" not in self.datasets:
+            self.datasets["test"] = self.split_dataset("test")
+
+    def _feasible(self, dataset: LineDataset, split: str) -> LineDataset:
+        """Drop (and count, loudly) training lines whose text cannot fit their CTC frames:
+        CTC would give them an infinite loss, and zeroing it would hide them."""
+        frames = self.model_frames(torch.tensor(dataset.widths)).tolist()
+        keep = [
+            i for i, target in enumerate(dataset.targets) if ctc_min_frames(target) <= frames[i]
+        ]
+        dropped = len(dataset) - len(keep)
+        self.dropped_infeasible[split] = dropped
+        if dropped:
+            examples = [dataset.ids[i] for i in sorted(set(range(len(dataset))) - set(keep))[:3]]
+            log.warning(
+                "%s: dropped %d of %d lines whose text needs more CTC frames than the image "
+                "gives at %d px high (e.g. %s); lower the encoder's width strides to keep them",
+                split,
+                dropped,
+                len(dataset),
+                self.height,
+                ", ".join(examples),
+            )
+            dataset.keep(keep)
+        return dataset
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        dataset = self.datasets[split]
+        rank, world = 0, 1
+        if self.trainer is not None:
+            rank, world = self.trainer.global_rank, self.trainer.world_size
+        batches = WidthBucketBatches(
+            dataset.widths, self.batch_size, shuffle, self.seed, rank, world
+        )
+        return DataLoader(
+            dataset,
+            batch_sampler=batches,
+            collate_fn=collate,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("validation", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def transfer_batch_to_device(
+        self, batch: Batch, device: torch.device, dataloader_idx: int
+    ) -> Batch:
+        return batch.to(device)

@@ -1,0 +1,162 @@
+"""The CRNN as a plain ``nn.Module``: ResNet encoder -> column pooling -> BiLSTM -> classes.
+
+Tensor layout, stated once:
+  images      (B, 1, H, W)  float, ink = 1, paper = 0, right-padded with 0
+  features    (B, C, H', T) after the encoder; T follows the image width
+  columns     (T, B, C)     after pooling over H' (CTC's time-major layout)
+  log_probs   (T, B, K)     log-softmax over K = charset size + blank
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torchvision.models.resnet import BasicBlock
+
+from pipeline.params import ArchitectureParams
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild the network; stored in every checkpoint."""
+
+    architecture: ArchitectureParams
+    column_pool: str  # "max" | "avg"
+    shortcut: bool
+    num_classes: int
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["architecture"] = {
+            k: list(v) if isinstance(v, tuple) else v for k, v in data["architecture"].items()
+        }
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelConfig:
+        arch = {k: tuple(v) if isinstance(v, list) else v for k, v in data["architecture"].items()}
+        return cls(
+            architecture=ArchitectureParams(**arch),
+            column_pool=data["column_pool"],
+            shortcut=data["shortcut"],
+            num_classes=data["num_classes"],
+        )
+
+
+def _conv_out(length: torch.Tensor, kernel: int, stride: int, padding: int) -> torch.Tensor:
+    return torch.div(length + 2 * padding - kernel, stride, rounding_mode="floor") + 1
+
+
+class CRNN(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        arch = config.architecture
+        stem_padding = arch.stem_kernel // 2
+        stem: list[nn.Module] = [
+            nn.Conv2d(
+                1, arch.stem_channels, arch.stem_kernel, arch.stem_stride, stem_padding, bias=False
+            ),
+            nn.BatchNorm2d(arch.stem_channels),
+            nn.ReLU(inplace=True),
+        ]
+        if arch.stem_pool:
+            stem.append(nn.MaxPool2d(3, stride=2, padding=1))
+        self.stem = nn.Sequential(*stem)
+
+        stages: list[nn.Module] = []
+        channels = arch.stem_channels
+        for width, blocks, h_stride, w_stride in zip(
+            arch.widths, arch.blocks, arch.height_strides, arch.width_strides, strict=True
+        ):
+            stride = (h_stride, w_stride)
+            downsample = None
+            if stride != (1, 1) or channels != width:
+                downsample = nn.Sequential(
+                    nn.Conv2d(channels, width, 1, stride, bias=False), nn.BatchNorm2d(width)
+                )
+            layers = [BasicBlock(channels, width, stride, downsample)]  # type: ignore[arg-type]
+            layers += [BasicBlock(width, width) for _ in range(blocks - 1)]
+            stages.append(nn.Sequential(*layers))
+            channels = width
+        self.encoder = nn.Sequential(*stages)
+
+        self.lstm = nn.LSTM(
+            channels,
+            arch.lstm_hidden,
+            num_layers=arch.lstm_layers,
+            bidirectional=True,
+            dropout=arch.lstm_dropout if arch.lstm_layers > 1 else 0.0,
+        )
+        self.classifier = nn.Linear(2 * arch.lstm_hidden, config.num_classes)
+        # CTC shortcut (arXiv 2404.11339): a 1-D conv straight from the CNN columns to the
+        # classes, trained with its own CTC loss so the encoder gets a direct signal.
+        self.shortcut = (
+            nn.Conv1d(channels, config.num_classes, kernel_size=3, padding=1)
+            if config.shortcut
+            else None
+        )
+
+    def output_lengths(self, widths: torch.Tensor) -> torch.Tensor:
+        """Frames T produced for images of these widths (px), by the encoder's arithmetic."""
+        arch = self.config.architecture
+        length = _conv_out(widths, arch.stem_kernel, arch.stem_stride, arch.stem_kernel // 2)
+        if arch.stem_pool:
+            length = _conv_out(length, 3, 2, 1)
+        for stride in arch.width_strides:
+            length = _conv_out(length, 3, stride, 1)  # BasicBlock's first 3x3 conv
+        return length
+
+    def forward(
+        self, images: torch.Tensor, widths: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """images (B, 1, H, W), real widths (B,) -> log_probs (T, B, K), shortcut (T, B, K) or None.
+
+        With ``widths``, the BiLSTM reads each line only up to its own last frame, so a
+        line's output does not depend on how much padding its batch added.
+        """
+        features = self.encoder(self.stem(images))  # (B, C, H', T)
+        pool = features.amax if self.config.column_pool == "max" else features.mean
+        columns = pool(dim=2)  # (B, C, T)
+        shortcut = None
+        if self.shortcut is not None:
+            shortcut = self.shortcut(columns).permute(2, 0, 1).log_softmax(-1)  # (T, B, K)
+        sequence = columns.permute(2, 0, 1)  # (T, B, C)
+        if widths is None:
+            sequence, _ = self.lstm(sequence)  # (T, B, 2 * hidden)
+        else:
+            frames = self.output_lengths(widths).clamp(min=1, max=sequence.shape[0]).cpu()
+            packed = nn.utils.rnn.pack_padded_sequence(sequence, frames, enforce_sorted=False)
+            packed, _ = self.lstm(packed)
+            sequence, _ = nn.utils.rnn.pad_packed_sequence(packed, total_length=sequence.shape[0])
+        log_probs = self.classifier(sequence).log_softmax(-1)  # (T, B, K)
+        return log_probs, shortcut
+
+    def extend_classes(self, num_classes: int) -> None:
+        """Grow the output layers to ``num_classes``; existing class rows keep their weights."""
+        old = self.config.num_classes
+        if num_classes < old:
+            raise ValueError(f"cannot shrink the output from {old} to {num_classes} classes")
+        if num_classes == old:
+            return
+
+        def grow(layer: nn.Module, new: nn.Module) -> nn.Module:
+            with torch.no_grad():
+                new.weight[:old] = layer.weight
+                new.bias[:old] = layer.bias
+            return new
+
+        self.classifier = grow(self.classifier, nn.Linear(self.classifier.in_features, num_classes))
+        if self.shortcut is not None:
+            self.shortcut = grow(
+                self.shortcut,
+                nn.Conv1d(self.shortcut.in_channels, num_classes, kernel_size=3, padding=1),
+            )
+        self.config = ModelConfig(
+            architecture=self.config.architecture,
+            column_pool=self.config.column_pool,
+            shortcut=self.config.shortcut,
+            num_classes=num_classes,
+        )

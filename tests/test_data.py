@@ -1,0 +1,117 @@
+import logging
+
+import pytest
+import torch
+
+from pipeline.charset import Charset
+from pipeline.data import (
+    LineDataModule,
+    WidthBucketBatches,
+    collate,
+    ctc_min_frames,
+    to_model_input,
+)
+from stages.pull import pull
+
+
+def test_ctc_min_frames_counts_blanks_between_repeats():
+    assert ctc_min_frames([]) == 0
+    assert ctc_min_frames([1, 2, 3]) == 3
+    assert ctc_min_frames([1, 1, 2, 2, 2]) == 5 + 3
+    assert ctc_min_frames([1, 2, 1]) == 3
+
+
+def test_model_input_is_ink_one_paper_zero_at_model_height():
+    image = torch.full((1, 64, 100), 255, dtype=torch.uint8)
+    image[0, 20:40, 10:20] = 0
+    ink = to_model_input(image, 32)
+    assert ink.shape == (1, 32, 50) and ink.dtype == torch.float32
+    assert ink.max() > 0.9 and ink[0, 0, 0] == 0.0
+
+
+def test_collate_pads_with_paper_and_keeps_real_widths():
+    items = [
+        {"image": torch.ones(1, 32, w), "target": t, "text": s, "id": s, "writer": None}
+        for w, t, s in [(10, [1, 2], "ab"), (25, [3], "c")]
+    ]
+    batch = collate(items)
+    assert batch.images.shape == (2, 1, 32, 25)
+    assert batch.widths.tolist() == [10, 25]
+    assert batch.images[0, :, :, 10:].abs().sum() == 0  # padding is paper (0)
+    assert batch.targets.tolist() == [1, 2, 3] and batch.target_lengths.tolist() == [2, 1]
+
+
+def test_width_buckets_cover_every_line_once_and_reshuffle():
+    widths = list(range(100, 100 + 103))
+    batches = WidthBucketBatches(widths, batch_size=8, shuffle=True, seed=1)
+    batches.set_epoch(0)
+    first = list(batches)
+    assert sorted(i for batch in first for i in batch) == list(range(103))
+    assert len(first) == len(batches) == 13
+    assert list(batches) == first  # the order changes only with the epoch
+    batches.sampler.set_epoch(1)  # how Lightning reaches it
+    assert list(batches) != first
+    batches.set_epoch(0)
+    assert list(batches) == first  # the same epoch gives the same order: resumable
+    for batch in first:  # each batch is from one width-sorted pool: narrow spread
+        assert max(widths[i] for i in batch) - min(widths[i] for i in batch) < 8 * 32
+
+
+def test_width_buckets_split_across_ranks_with_equal_counts():
+    widths = [100 + (i * 37) % 300 for i in range(50)]
+    per_rank = [
+        list(WidthBucketBatches(widths, 4, True, seed=3, rank=r, world_size=2)) for r in (0, 1)
+    ]
+    assert len(per_rank[0]) == len(per_rank[1]) == 6  # 13 batches -> 6 each, none left hanging
+    seen = [i for batches in per_rank for batch in batches for i in batch]
+    assert len(seen) == len(set(seen))
+    evaluation = [
+        list(WidthBucketBatches(widths, 4, False, seed=3, rank=r, world_size=2)) for r in (0, 1)
+    ]
+    assert sorted(i for batches in evaluation for b in batches for i in b) == list(range(50))
+
+
+def test_infeasible_lines_are_dropped_counted_and_warned(tmp_path, tiny_params, caplog):
+    pull(tiny_params, tmp_path / "lines", tmp_path / "m.json")
+    charset = Charset.load(tmp_path / "lines" / "charset.json")
+    # a model giving one frame per 12 px cannot fit ~7 px per character lines
+    module = LineDataModule(
+        tmp_path / "lines", charset, 32, lambda widths: widths // 12, 4, tiny_params.augment, seed=0
+    )
+    with caplog.at_level(logging.WARNING):
+        module.setup("fit")
+    total = tiny_params.synthetic.train_lines
+    assert module.dropped_infeasible["train"] == total - len(module.datasets["train"]) > 0
+    assert "needs more CTC frames" in caplog.text and f"of {total} lines" in caplog.text
+    # a generous model keeps everything
+    generous = LineDataModule(
+        tmp_path / "lines", charset, 32, lambda w: w, 4, tiny_params.augment, seed=0
+    )
+    generous.setup("fit")
+    assert generous.dropped_infeasible["train"] == 0 and len(generous.datasets["train"]) == total
+
+
+def test_characters_outside_the_charset_are_left_out_of_targets(tmp_path, tiny_params):
+    pull(tiny_params, tmp_path / "lines", tmp_path / "m.json")
+    small = Charset(tuple("abcdefghijklmnopqrstuvwxyz "))
+    module = LineDataModule(
+        tmp_path / "lines", small, 32, lambda w: w, 4, tiny_params.augment, seed=0
+    )
+    module.setup("test")
+    dataset = module.datasets["test"]
+    assert dataset.unknown_lines > 0  # capitals and punctuation
+    for text, target in zip(dataset.texts, dataset.targets, strict=True):
+        assert small.decode(target) == "".join(ch for ch in text if ch in small.characters)
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_dataset_items_have_the_model_height(tmp_path, tiny_params, train):
+    pull(tiny_params, tmp_path / "lines", tmp_path / "m.json")
+    charset = Charset.load(tmp_path / "lines" / "charset.json")
+    module = LineDataModule(
+        tmp_path / "lines", charset, 24, lambda w: w, 4, tiny_params.augment, seed=0
+    )
+    dataset = module.split_dataset("train", train=train)
+    item = dataset[0]
+    assert item["image"].shape[-2] == 24
+    assert charset.decode(item["target"]) == item["text"]

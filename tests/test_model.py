@@ -1,0 +1,127 @@
+import dataclasses
+
+import pytest
+import torch
+
+from pipeline.model import CRNN, ModelConfig
+from pipeline.params import ParamsError, parse_params
+from tests.conftest import project_params_dict
+
+
+def _config(architecture, shortcut=True, pool="max", classes=10) -> ModelConfig:
+    return ModelConfig(
+        architecture=architecture, column_pool=pool, shortcut=shortcut, num_classes=classes
+    )
+
+
+@pytest.mark.parametrize("preset", ["cpu", "reference"])
+def test_output_length_follows_width(preset):
+    params = parse_params(project_params_dict())
+    architecture = params.model.presets[preset]
+    model = CRNN(_config(architecture)).eval()
+    widths = [1, 7, 33, 100, 257] if preset == "cpu" else [9, 100, 333]
+    with torch.no_grad():
+        for width in widths:
+            log_probs, shortcut = model(torch.zeros(2, 1, architecture.height, width))
+            assert log_probs.shape == (model.output_lengths(torch.tensor([width])).item(), 2, 10)
+            assert shortcut.shape == log_probs.shape
+    lengths = model.output_lengths(torch.tensor([200, 400, 800]))
+    assert lengths[1] > lengths[0] and lengths[2] > lengths[1]  # no fixed frame count
+
+
+def test_cpu_default_gives_two_px_per_frame():
+    architecture = parse_params(project_params_dict()).model.presets["cpu"]
+    assert CRNN(_config(architecture)).output_lengths(torch.tensor([200])).item() == 100
+
+
+def test_log_probs_are_normalized_and_time_major(tiny_params):
+    model = CRNN(_config(tiny_params.model.architecture, classes=7)).eval()
+    with torch.no_grad():
+        log_probs, _ = model(torch.rand(3, 1, 32, 64))
+    assert log_probs.shape[1:] == (3, 7)  # (T, B, K)
+    assert torch.allclose(log_probs.exp().sum(-1), torch.ones(log_probs.shape[:2]), atol=1e-5)
+
+
+def test_shortcut_can_be_switched_off(tiny_params):
+    on = CRNN(_config(tiny_params.model.architecture, shortcut=True))
+    off = CRNN(_config(tiny_params.model.architecture, shortcut=False))
+    assert off.shortcut is None
+    assert off(torch.rand(1, 1, 32, 40))[1] is None
+    extra = sum(p.numel() for p in on.parameters()) - sum(p.numel() for p in off.parameters())
+    assert extra == sum(p.numel() for p in on.shortcut.parameters()) > 0
+
+
+def test_avg_and_max_column_pooling_differ(tiny_params):
+    torch.manual_seed(0)
+    model = CRNN(_config(tiny_params.model.architecture, pool="max")).eval()
+    avg = CRNN(_config(tiny_params.model.architecture, pool="avg")).eval()
+    avg.load_state_dict(model.state_dict())
+    images = torch.rand(1, 1, 32, 40)
+    with torch.no_grad():
+        assert not torch.allclose(model(images)[0], avg(images)[0])
+
+
+def test_extend_classes_keeps_old_rows(tiny_params):
+    model = CRNN(_config(tiny_params.model.architecture, classes=5))
+    old_weight = model.classifier.weight.detach().clone()
+    old_shortcut = model.shortcut.weight.detach().clone()
+    model.extend_classes(8)
+    assert model.config.num_classes == 8 and model.classifier.out_features == 8
+    assert torch.equal(model.classifier.weight[:5], old_weight)
+    assert torch.equal(model.shortcut.weight[:5], old_shortcut)
+    assert model(torch.rand(1, 1, 32, 40))[0].shape[-1] == 8
+    with pytest.raises(ValueError, match="cannot shrink"):
+        model.extend_classes(4)
+
+
+def test_config_round_trips_through_plain_dicts(tiny_params):
+    config = _config(tiny_params.model.architecture)
+    assert ModelConfig.from_dict(config.to_dict()) == config
+    assert isinstance(config.to_dict()["architecture"]["widths"], list)
+
+
+def test_a_height_the_encoder_cannot_reduce_is_rejected():
+    mapping = project_params_dict()
+    mapping["model"]["presets"]["reference"]["height"] = 16
+    with pytest.raises(
+        ParamsError, match=r"model\.presets\.\*\.height: 16 px cannot be reduced 32x"
+    ):
+        parse_params(mapping)
+
+
+def test_unknown_preset_is_rejected():
+    mapping = project_params_dict()
+    mapping["model"]["preset"] = "huge"
+    with pytest.raises(
+        ParamsError, match=r"model\.preset: 'huge' is not one of model\.presets \(cpu, reference\)"
+    ):
+        parse_params(mapping)
+
+
+def test_architecture_lists_must_match_in_length():
+    mapping = project_params_dict()
+    mapping["model"]["presets"]["cpu"]["blocks"] = [1, 1]
+    with pytest.raises(ParamsError, match="blocks: needs one entry per stage"):
+        parse_params(mapping)
+
+
+def test_fields_are_frozen(tiny_params):
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        tiny_params.model.architecture.height = 64
+
+
+def test_a_line_reads_the_same_alone_or_in_a_padded_batch(tiny_params):
+    torch.manual_seed(0)
+    model = CRNN(_config(tiny_params.model.architecture)).eval()
+    short, long = torch.rand(1, 1, 32, 40), torch.rand(1, 1, 32, 120)
+    batch = torch.zeros(2, 1, 32, 120)
+    batch[0, :, :, :40], batch[1] = short[0], long[0]
+    with torch.no_grad():
+        alone, _ = model(short, torch.tensor([40]))
+        together, _ = model(batch, torch.tensor([40, 120]))
+        unpacked, _ = model(batch)
+    frames = alone.shape[0]
+    # The BiLSTM stops at the line's end; what is left is the CNN's border (receptive field
+    # over padding), a few 1e-4 in the last frames.
+    assert torch.allclose(alone[:, 0], together[:frames, 0], atol=1e-3)
+    assert not torch.allclose(alone[:, 0], unpacked[:frames, 0], atol=1e-2)  # without widths

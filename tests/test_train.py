@@ -1,0 +1,246 @@
+"""The train stage: overfitting, resuming, DDP, fine-tuning, the self-describing model."""
+
+import dataclasses
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+import torch
+import yaml
+
+from pipeline.charset import Charset
+from pipeline.data import decode_png, to_model_input
+from pipeline.greedy import greedy_decode
+from pipeline.lines import read_split, write_split
+from pipeline.lit_module import load_model
+from pipeline.params import parse_params
+from stages.pull import pull
+from stages.train import train
+from tests.conftest import ROOT, project_params_dict, tiny_params_dict
+
+
+def _outputs(root: Path) -> dict:
+    return {
+        "model_path": root / "models" / "model.ckpt",
+        "checkpoint_dir": root / "models" / "checkpoints",
+        "live_dir": root / "dvclive",
+        "metrics_path": root / "metrics" / "train.json",
+        "speed_path": root / "metrics" / "train_speed.json",
+    }
+
+
+def _cli_args(root: Path) -> list[str]:
+    out = _outputs(root)
+    return [
+        "--lines", str(root / "lines"), "--model", str(out["model_path"]),
+        "--checkpoints", str(out["checkpoint_dir"]), "--live", str(out["live_dir"]),
+        "--metrics", str(out["metrics_path"]), "--speed", str(out["speed_path"]),
+    ]  # fmt: skip
+
+
+def _read_texts(model_path: Path, lines_path: Path) -> tuple[list[str], list[str]]:
+    module = load_model(model_path)
+    table = read_split(lines_path)
+    truths, predictions = table.column("text").to_pylist(), []
+    height = module.model.config.architecture.height
+    with torch.no_grad():
+        for png in table.column("image").to_pylist():
+            image = to_model_input(decode_png(png), height)[None]  # (1, 1, H, W)
+            log_probs = module(image)
+            lengths = module.model.output_lengths(torch.tensor([image.shape[-1]]))
+            predictions.append(greedy_decode(log_probs, lengths, module.charset)[0].text)
+    return truths, predictions
+
+
+def _restrict(lines_dir: Path, rows: dict[str, list[dict]]) -> None:
+    for split, split_rows in rows.items():
+        write_split(split_rows, lines_dir / f"{split}.parquet")
+    Charset.from_texts(row["text"] for row in rows["train"]).save(lines_dir / "charset.json")
+
+
+def _params(**train_overrides):
+    mapping = tiny_params_dict()
+    mapping["train"].update(train_overrides)
+    return parse_params(mapping, "tiny params")
+
+
+@pytest.mark.slow
+def test_overfit_two_lines_to_cer_zero(tmp_path):
+    params = _params(max_epochs=25, batch_size=2, learning_rate=3.0e-3, warmup_fraction=0.1)
+    default_architecture = parse_params(project_params_dict()).model.presets["cpu"]
+    params = dataclasses.replace(
+        params,
+        augment=dataclasses.replace(params.augment, enabled=False),
+        model=dataclasses.replace(params.model, presets={"cpu": default_architecture}),
+    )
+    pull(params, tmp_path / "lines", tmp_path / "data.json")
+    two = read_split(tmp_path / "lines" / "train.parquet").to_pylist()[:2]
+    _restrict(tmp_path / "lines", {"train": two * 16, "validation": two, "test": two})
+
+    metrics = train(params, tmp_path / "lines", **_outputs(tmp_path))
+    truths, predictions = _read_texts(
+        tmp_path / "models" / "model.ckpt", tmp_path / "lines" / "validation.parquet"
+    )
+    assert predictions == truths
+    assert metrics["val"]["cer"] == 0.0
+
+
+def test_train_writes_a_self_describing_model_and_metrics(tmp_path, tiny_params):
+    pull(tiny_params, tmp_path / "lines", tmp_path / "data.json")
+    metrics = train(tiny_params, tmp_path / "lines", **_outputs(tmp_path))
+    assert metrics["epochs"] == 1 and metrics["steps"] == 3  # 12 lines / batch of 4
+    assert metrics["val"]["cer"] >= 0.0
+    assert json.loads((tmp_path / "metrics" / "train.json").read_text()) == metrics
+    speed = json.loads((tmp_path / "metrics" / "train_speed.json").read_text())
+    assert speed["device"] == "cpu" and speed["train_lines_per_second"] > 0
+    assert (tmp_path / "dvclive" / "plots" / "metrics" / "val" / "cer.tsv").exists()
+    assert not (tmp_path / "dvc.yaml").exists() and not (tmp_path / "dvclive" / "dvc.yaml").exists()
+
+    # The model file alone (no data folder) rebuilds the network and its charset.
+    data_charset = Charset.load(tmp_path / "lines" / "charset.json")
+    for path in (tmp_path / "lines").iterdir():
+        path.unlink()
+    module = load_model(tmp_path / "models" / "model.ckpt")
+    assert module.charset == data_charset
+    assert module.model.config.architecture == tiny_params.model.architecture
+    raw = torch.load(tmp_path / "models" / "model.ckpt", weights_only=True)  # no pickled code
+    assert set(raw) == {"format", "version", "hyper_parameters", "state_dict"}
+
+
+def test_fine_tuning_extends_the_charset(tmp_path, tiny_params, caplog):
+    pull(tiny_params, tmp_path / "lines", tmp_path / "data.json")
+    base = tmp_path / "base"
+    train(tiny_params, tmp_path / "lines", **_outputs(base))
+    old = load_model(base / "models" / "model.ckpt")
+
+    # New data: the same lines with two characters the checkpoint has never seen.
+    rows = {
+        split: read_split(tmp_path / "lines" / f"{split}.parquet").to_pylist()
+        for split in ("train", "validation", "test")
+    }
+    for row in rows["train"][:3]:
+        row["text"] = row["text"] + " é§"
+    _restrict(tmp_path / "lines", rows)
+    params = dataclasses.replace(
+        tiny_params,
+        train=dataclasses.replace(tiny_params.train, init_from=str(base / "models" / "model.ckpt")),
+    )
+    with caplog.at_level(logging.WARNING):
+        train(params, tmp_path / "lines", **_outputs(tmp_path / "tuned"))
+    assert "2 character(s) the checkpoint lacks: '§é'" in caplog.text
+    tuned = load_model(tmp_path / "tuned" / "models" / "model.ckpt")
+    assert tuned.charset.characters == (*old.charset.characters, "§", "é")  # old ids kept
+    assert tuned.model.classifier.out_features == old.model.classifier.out_features + 2
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+def _write_params(path: Path, **train_overrides) -> Path:
+    mapping = tiny_params_dict()
+    mapping["train"].update(train_overrides)
+    path.write_text(yaml.safe_dump(mapping, sort_keys=False))
+    return path
+
+
+@pytest.mark.slow
+def test_killed_training_resumes_without_redoing_epochs(tmp_path, tiny_params):
+    params = dataclasses.replace(
+        tiny_params, synthetic=dataclasses.replace(tiny_params.synthetic, train_lines=120)
+    )
+    pull(params, tmp_path / "lines", tmp_path / "data.json")
+    params_file = _write_params(tmp_path / "params.yaml", max_epochs=6)
+    mapping = yaml.safe_load(params_file.read_text())
+    mapping["synthetic"]["train_lines"] = 120
+    params_file.write_text(yaml.safe_dump(mapping))
+    command = [
+        sys.executable,
+        "-m",
+        "stages.train",
+        "--params",
+        str(params_file),
+        *_cli_args(tmp_path),
+    ]
+    last = tmp_path / "models" / "checkpoints" / "last.ckpt"
+
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 300
+    while not last.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert process.poll() is None, (
+        "training ended before it could be killed: " + process.stderr.read().decode()
+    )
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (tmp_path / "models" / "model.ckpt").exists()
+
+    result = subprocess.run(
+        command, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr
+    assert "resuming the interrupted run" in result.stderr
+    metrics = json.loads((tmp_path / "metrics" / "train.json").read_text())
+    assert metrics["epochs"] == 6 and metrics["steps"] == 6 * 30
+    speed = json.loads((tmp_path / "metrics" / "train_speed.json").read_text())
+    assert 1 <= speed["epochs_this_run"] < 6  # finished epochs were not redone
+
+
+def test_checkpoints_of_other_params_are_not_resumed(tmp_path, tiny_params, caplog):
+    pull(tiny_params, tmp_path / "lines", tmp_path / "data.json")
+    train(tiny_params, tmp_path / "lines", **_outputs(tmp_path))
+    other = dataclasses.replace(
+        tiny_params, train=dataclasses.replace(tiny_params.train, learning_rate=1.0e-4)
+    )
+    with caplog.at_level(logging.INFO):
+        train(other, tmp_path / "lines", **_outputs(tmp_path))
+    assert "belongs to other params or data: training starts afresh" in caplog.text
+
+
+@pytest.mark.slow
+def test_ddp_with_two_cpu_processes(tmp_path, tiny_params):
+    params = dataclasses.replace(
+        tiny_params, synthetic=dataclasses.replace(tiny_params.synthetic, train_lines=16)
+    )
+    pull(params, tmp_path / "lines", tmp_path / "data.json")
+    params_file = _write_params(
+        tmp_path / "params.yaml", accelerator="cpu", devices="2", strategy="ddp", max_epochs=2
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "stages.train",
+        "--params",
+        str(params_file),
+        *_cli_args(tmp_path),
+    ]
+    result = subprocess.run(
+        command, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "distributed_backend=gloo" in result.stderr + result.stdout
+    assert "All distributed processes registered" in result.stderr + result.stdout
+    metrics = json.loads((tmp_path / "metrics" / "train.json").read_text())
+    assert metrics["epochs"] == 2
+    assert metrics["steps"] == 2 * 2  # 16 lines / batch 4 / 2 ranks, per epoch
+    assert load_model(tmp_path / "models" / "model.ckpt").charset.num_classes > 1
+
+
+def test_tiny_table_helper_roundtrip(tmp_path):
+    rows = [{"id": "a", "image": b"x", "text": "t", "width": 1, "height": 1, "writer": None}]
+    write_split(rows, tmp_path / "x.parquet")
+    assert read_split(tmp_path / "x.parquet").equals(
+        pa.Table.from_pylist(rows, schema=read_split(tmp_path / "x.parquet").schema)
+    )
