@@ -5,7 +5,7 @@ BIN := $(abspath $(VENV))/bin
 STAMP := $(VENV)/.installed
 PYTHON ?= python3
 
-.PHONY: setup repro test test-fast lint format clean-venv
+.PHONY: setup repro test test-fast lint format clean-venv verify
 
 setup: $(STAMP)
 
@@ -35,3 +35,9 @@ format: setup
 
 clean-venv:
 	rm -rf $(VENV)
+
+# Re-run the whole pipeline from scratch; the quality metrics must equal the committed ones.
+verify: setup
+	PATH="$(BIN):$$PATH" dvc repro --force
+	git diff --exit-code -- metrics/data.json metrics/train.json metrics/evaluate.json \
+		&& echo "verify: quality metrics reproduced exactly"

@@ -16,7 +16,7 @@ from pipeline.charset import BLANK_ID, Charset
 @dataclass(frozen=True)
 class Hypothesis:
     text: str
-    score: float  # log-probability of the decoded path (greedy) or beam score (beam)
+    score: float  # log-probability of the decoded path (greedy) or the beam's score (beam)
 
 
 def greedy_ids(

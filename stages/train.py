@@ -91,6 +91,27 @@ class SpeedMeter(Callback):
         self.epoch_seconds.append(time.perf_counter() - self._epoch_start)
 
 
+class InterruptNotice(Callback):
+    """Ctrl-C: Lightning shuts down and exits 1; say what is kept and how to go on."""
+
+    def __init__(self, checkpoint_dir: Path) -> None:
+        self.checkpoint_dir = checkpoint_dir
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if isinstance(exception, KeyboardInterrupt) and trainer.is_global_zero:
+            last = self.checkpoint_dir / "last.ckpt"
+            where = (
+                f"from {last} (epoch {trainer.current_epoch})"
+                if last.exists()
+                else "from the start"
+            )
+            print(
+                f"[train] interrupted: models/model.ckpt was not written; the next "
+                f"`dvc repro` resumes {where}",
+                file=sys.stderr,
+            )
+
+
 def resume_checkpoint(checkpoint_dir: Path, fingerprint: str) -> Path | None:
     last = checkpoint_dir / "last.ckpt"
     if not last.exists():
@@ -213,6 +234,7 @@ def train(
         RunFingerprint(fingerprint),
         LearningRateMonitor("step"),
         speed,
+        InterruptNotice(checkpoint_dir),
     ]
     if params.train.early_stopping_patience:
         callbacks.append(

@@ -119,9 +119,19 @@ def test_a_line_reads_the_same_alone_or_in_a_padded_batch(tiny_params):
     with torch.no_grad():
         alone, _ = model(short, torch.tensor([40]))
         together, _ = model(batch, torch.tensor([40, 120]))
-        unpacked, _ = model(batch)
+        unaware, _ = model(batch)  # as if both lines filled the batch
     frames = alone.shape[0]
     # The BiLSTM stops at the line's end; what is left is the CNN's border (receptive field
     # over padding), a few 1e-4 in the last frames.
     assert torch.allclose(alone[:, 0], together[:frames, 0], atol=1e-3)
-    assert not torch.allclose(alone[:, 0], unpacked[:frames, 0], atol=1e-2)  # without widths
+    assert not torch.allclose(alone[:, 0], unaware[:frames, 0], atol=1e-2)
+
+
+def test_reverse_within_lengths():
+    from pipeline.model import reverse_within_lengths
+
+    sequence = torch.arange(8.0).reshape(4, 2, 1)  # (T=4, B=2, C=1): [0,2,4,6] and [1,3,5,7]
+    reversed_ = reverse_within_lengths(sequence, torch.tensor([4, 2]))
+    assert reversed_[:, 0, 0].tolist() == [6, 4, 2, 0]
+    assert reversed_[:, 1, 0].tolist() == [3, 1, 5, 7]  # padding frames stay where they are
+    assert torch.equal(reverse_within_lengths(reversed_, torch.tensor([4, 2])), sequence)

@@ -1,0 +1,125 @@
+"""CTC decoders behind one call: ``decoder(log_probs (T, B, K), lengths (B,)) -> [Hypothesis]``.
+
+- ``greedy``: best path, vectorized torch (``pipeline/greedy.py``).
+- ``beam``: lexicon-free prefix beam search, torchaudio's flashlight ``ctc_decoder`` for CPU
+  tensors and ``cuda_ctc_decoder`` for tensors on a GPU.
+
+Class 0 is the CTC blank; class i > 0 is ``charset.characters[i - 1]``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol
+
+import torch
+
+from pipeline.charset import BLANK_ID, Charset
+from pipeline.greedy import Hypothesis, greedy_decode
+from pipeline.params import EvaluateParams
+
+BLANK_TOKEN = "<blank>"
+# flashlight wants a word-separator ("silence") token in the vocabulary. We add one the
+# network never emits (its log-prob column is -inf), so spaces stay ordinary characters.
+SILENCE_TOKEN = "<sil>"
+
+
+class Decoder(Protocol):
+    name: str
+
+    def __call__(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[Hypothesis]: ...
+
+
+class GreedyDecoder:
+    name = "greedy"
+
+    def __init__(self, charset: Charset) -> None:
+        self.charset = charset
+
+    def __call__(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[Hypothesis]:
+        return greedy_decode(log_probs, lengths, self.charset)
+
+
+class BeamDecoder:
+    """Prefix beam search; on CPU, ``beam_size_token`` and ``beam_threshold`` prune hard
+    (untuned, flashlight was ~100x slower here, shared/README.md)."""
+
+    name = "beam"
+
+    def __init__(
+        self, charset: Charset, beam_width: int, beam_size_token: int, beam_threshold: float
+    ) -> None:
+        self.charset = charset
+        self.beam_width = beam_width
+        self.beam_size_token = beam_size_token
+        self.beam_threshold = beam_threshold
+        self._cpu = None
+        self._cuda = None
+
+    def _cpu_decoder(self):
+        if self._cpu is None:
+            from torchaudio.models.decoder import ctc_decoder
+
+            tokens = [BLANK_TOKEN, *self.charset.characters, SILENCE_TOKEN]
+            self._cpu = ctc_decoder(
+                lexicon=None,
+                tokens=tokens,
+                lm=None,
+                nbest=1,
+                beam_size=self.beam_width,
+                beam_size_token=self.beam_size_token or None,
+                beam_threshold=self.beam_threshold,
+                blank_token=BLANK_TOKEN,
+                sil_token=SILENCE_TOKEN,
+                log_add=True,  # sum the paths of a prefix (true prefix beam search), not max
+            )
+        return self._cpu
+
+    def _cuda_decoder(self):
+        if self._cuda is None:
+            from torchaudio.models.decoder import cuda_ctc_decoder
+
+            tokens = [BLANK_TOKEN, *self.charset.characters]
+            # blank_skip_threshold=1.0: never skip frames, so results match the CPU search
+            self._cuda = cuda_ctc_decoder(
+                tokens, nbest=1, beam_size=self.beam_width, blank_skip_threshold=1.0
+            )
+        return self._cuda
+
+    def __call__(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[Hypothesis]:
+        if log_probs.is_cuda:
+            return self._decode_cuda(log_probs, lengths)
+        return self._decode_cpu(log_probs, lengths)
+
+    def _decode_cpu(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[Hypothesis]:
+        time, batch, classes = log_probs.shape
+        silence = torch.full((time, batch, 1), -math.inf, dtype=torch.float32)
+        emissions = torch.cat([log_probs.detach().float().cpu(), silence], dim=-1)  # (T, B, K + 1)
+        emissions = emissions.transpose(0, 1).contiguous()  # (B, T, K + 1): flashlight's layout
+        results = self._cpu_decoder()(emissions, lengths.detach().cpu().to(torch.int32))
+        silence_id = classes
+        hypotheses = []
+        for nbest in results:
+            best = nbest[0]
+            ids = [int(i) for i in best.tokens if int(i) not in (silence_id, BLANK_ID)]
+            hypotheses.append(Hypothesis(self.charset.decode(ids), float(best.score)))
+        return hypotheses
+
+    def _decode_cuda(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[Hypothesis]:
+        emissions = log_probs.detach().float().transpose(0, 1).contiguous()  # (B, T, K)
+        results = self._cuda_decoder()(
+            emissions, lengths.to(device=log_probs.device, dtype=torch.int32)
+        )
+        return [
+            Hypothesis(self.charset.decode(nbest[0].tokens), float(nbest[0].score))
+            for nbest in results
+        ]
+
+
+def build_decoders(charset: Charset, params: EvaluateParams) -> dict[str, Decoder]:
+    return {
+        "greedy": GreedyDecoder(charset),
+        "beam": BeamDecoder(
+            charset, params.beam_width, params.beam_size_token, params.beam_threshold
+        ),
+    }

@@ -1,0 +1,103 @@
+"""Decoders on hand-built log-probs with known answers."""
+
+import math
+
+import pytest
+import torch
+from torchmetrics.text import CharErrorRate, WordErrorRate
+
+from pipeline.charset import Charset
+from pipeline.decoding import BeamDecoder, GreedyDecoder, build_decoders
+from pipeline.greedy import greedy_ids
+
+CHARSET = Charset(tuple(" ab"))  # ids: blank 0, " " 1, "a" 2, "b" 3
+
+
+def emissions(*frames: str, peak: float = 0.9) -> torch.Tensor:
+    """(T, 1, K) log-probs; each frame puts ``peak`` on one symbol ("-" is the blank)."""
+    symbols = ["-", " ", "a", "b"]
+    rows = []
+    for frame in frames:
+        row = [(1 - peak) / (len(symbols) - 1)] * len(symbols)
+        row[symbols.index(frame)] = peak
+        rows.append(row)
+    return torch.tensor(rows).log()[:, None, :]
+
+
+def decode_both(log_probs, length=None, width=10):
+    lengths = torch.tensor([length or log_probs.shape[0]] * log_probs.shape[1])
+    greedy = GreedyDecoder(CHARSET)(log_probs, lengths)
+    beam = BeamDecoder(CHARSET, width, 0, 100.0)(log_probs, lengths)
+    return [h.text for h in greedy], [h.text for h in beam]
+
+
+@pytest.mark.parametrize(
+    ("frames", "expected"),
+    [
+        (("a", "-", "a"), "aa"),  # repeats separated by a blank stay two letters
+        (("a", "a", "a", "b", "b"), "ab"),  # repeats without a blank merge
+        (("-", "-", "-"), ""),  # all blank
+        (("a", " ", "b", "-", "b", " ", " "), "a bb "),
+        (("b",), "b"),
+    ],
+)
+def test_known_answers(frames, expected):
+    greedy, beam = decode_both(emissions(*frames))
+    assert greedy == [expected] and beam == [expected]
+
+
+def test_lengths_cut_the_padding():
+    log_probs = emissions("a", "b", "b", "a", "a")
+    greedy, beam = decode_both(log_probs, length=3)
+    assert greedy == ["ab"] and beam == ["ab"]
+
+
+def test_greedy_is_vectorized_over_a_batch_and_scores_the_path():
+    batch = torch.cat([emissions("a", "-", "a"), emissions("b", "b", "-")], dim=1)  # (3, 2, 4)
+    ids, scores = greedy_ids(batch, torch.tensor([3, 2]))
+    assert ids == [[2, 2], [3]]
+    assert scores[0].item() == pytest.approx(3 * math.log(0.9), abs=1e-5)
+    assert scores[1].item() == pytest.approx(2 * math.log(0.9), abs=1e-5)
+
+
+def test_beam_width_one_equals_greedy_on_random_emissions():
+    torch.manual_seed(0)
+    log_probs = torch.randn(40, 8, CHARSET.num_classes).mul(3).log_softmax(-1)  # (T, B, K)
+    lengths = torch.tensor([40, 35, 30, 25, 20, 15, 10, 5])
+    greedy = [h.text for h in GreedyDecoder(CHARSET)(log_probs, lengths)]
+    beam = [h.text for h in BeamDecoder(CHARSET, 1, 0, 1000.0)(log_probs, lengths)]
+    assert beam == greedy
+
+
+def test_beam_beats_greedy_by_merging_prefixes():
+    # Two frames, p(blank) = 0.6, p(a) = 0.4 each. Best path: blank blank -> "" (0.36).
+    # But "a" is reached by a-a, a-blank and blank-a: 0.16 + 0.24 + 0.24 = 0.64.
+    charset = Charset(("a",))
+    log_probs = torch.tensor([[0.6, 0.4], [0.6, 0.4]]).log()[:, None, :]
+    lengths = torch.tensor([2])
+    assert GreedyDecoder(charset)(log_probs, lengths)[0].text == ""
+    beam = BeamDecoder(charset, 5, 0, 100.0)(log_probs, lengths)[0]
+    assert beam.text == "a"
+    assert beam.score == pytest.approx(math.log(0.64), abs=1e-5)
+
+
+def test_space_is_an_ordinary_character_for_the_beam():
+    greedy, beam = decode_both(emissions(" ", "a", " ", " ", "-", " "))
+    assert greedy == beam == [" a  "]
+
+
+def test_build_decoders_reads_evaluate_params(tiny_params):
+    decoders = build_decoders(CHARSET, tiny_params.evaluate)
+    assert set(decoders) == {"greedy", "beam"}
+    assert decoders["beam"].beam_width == tiny_params.evaluate.beam_width
+
+
+def test_cer_and_wer_against_hand_computed_values():
+    truths = ["the cat", "a dog"]
+    predictions = ["the bat", "a dg"]
+    # CER: 1 substitution + 1 deletion over 7 + 5 reference characters (corpus level)
+    assert CharErrorRate()(predictions, truths).item() == pytest.approx(2 / 12)
+    # WER: "cat"->"bat", "dog"->"dg": 2 of 4 reference words
+    assert WordErrorRate()(predictions, truths).item() == pytest.approx(2 / 4)
+    # corpus-level, not the mean of per-line rates (1/7 and 1/5 average to 0.171)
+    assert CharErrorRate()(predictions, truths).item() != pytest.approx((1 / 7 + 1 / 5) / 2)

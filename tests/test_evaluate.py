@@ -1,0 +1,148 @@
+"""The evaluate stage and the predict command on a tiny checkpoint."""
+
+import io
+import json
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from pipeline.lines import read_split, write_split
+from stages.evaluate import evaluate
+from stages.predict import format_predictions, predict
+from stages.pull import pull
+from stages.train import train
+from tests.conftest import ROOT, png_bytes
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny model trained for one epoch on tiny synthetic lines (module-wide: ~10 s)."""
+    from pipeline.params import parse_params
+    from tests.conftest import tiny_params_dict
+
+    params = parse_params(tiny_params_dict())
+    root = tmp_path_factory.mktemp("trained")
+    pull(params, root / "lines", root / "data.json")
+    train(
+        params,
+        root / "lines",
+        model_path=root / "model.ckpt",
+        checkpoint_dir=root / "checkpoints",
+        live_dir=root / "dvclive",
+        metrics_path=root / "train.json",
+        speed_path=root / "train_speed.json",
+    )
+    return params, root
+
+
+def _evaluate(params, root, out):
+    return evaluate(
+        params,
+        root / "model.ckpt",
+        root / "lines",
+        out / "evaluate.json",
+        out / "speed.json",
+        out / "predictions.parquet",
+        out / "plots",
+        out / "worst.png",
+    )
+
+
+def test_evaluate_writes_metrics_predictions_and_plots(trained, tmp_path):
+    params, root = trained
+    metrics = _evaluate(params, root, tmp_path)
+    assert json.loads((tmp_path / "evaluate.json").read_text()) == metrics
+    for split in ("validation", "test"):
+        for decoder in ("greedy", "beam"):
+            scores = metrics[split][decoder]
+            assert set(scores) == {"cer", "wer", "cer_case_insensitive"}
+            assert 0.0 <= scores["cer_case_insensitive"] <= scores["cer"] + 1e-9
+        assert metrics[split]["lines"] == 4
+    speed = json.loads((tmp_path / "speed.json").read_text())
+    assert speed["greedy_lines_per_second"] > 0 and speed["beam_lines_per_second"] > 0
+
+    predictions = pq.read_table(tmp_path / "predictions.parquet").to_pylist()
+    assert len(predictions) == 8
+    test_lines = read_split(root / "lines" / "test.parquet")
+    assert [p["truth"] for p in predictions if p["split"] == "test"] == test_lines.column(
+        "text"
+    ).to_pylist()
+    assert all(0.0 <= p["confidence"] <= 1.0 for p in predictions)
+    by_writer = json.loads((tmp_path / "plots" / "cer_by_writer.json").read_text())
+    assert {row["group"] for row in by_writer} <= set(params.synthetic.test_fonts)
+    assert sum(row["lines"] for row in by_writer) == 4
+    assert Image.open(tmp_path / "worst.png").height > 64
+
+
+def test_characters_outside_the_model_charset_are_counted_not_a_crash(trained, tmp_path):
+    params, root = trained
+    lines = tmp_path / "lines"
+    lines.mkdir()
+    for split in ("validation", "test"):
+        rows = read_split(root / "lines" / f"{split}.parquet").to_pylist()
+        rows[0]["text"] += " ☃€"
+        write_split(rows, lines / f"{split}.parquet")
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "model.ckpt").write_bytes((root / "model.ckpt").read_bytes())
+    (tmp_path / "model" / "lines").symlink_to(lines)
+    before = _evaluate(params, root, tmp_path / "before")
+    metrics = _evaluate(params, tmp_path / "model", tmp_path / "out")
+    assert metrics["test"]["unknown_chars"] == before["test"]["unknown_chars"] + 2
+    assert metrics["test"]["lines_with_unknown_chars"] >= 1
+    rows = pq.read_table(tmp_path / "out" / "predictions.parquet").to_pylist()
+    assert rows[4]["truth"].endswith(" ☃€") and rows[4]["beam_cer"] > 0  # scored as errors
+
+
+def test_predict_reads_files_folders_and_parquet_and_reports_bad_files(trained, tmp_path):
+    _, root = trained
+    rows = read_split(root / "lines" / "test.parquet").to_pylist()
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    for i, row in enumerate(rows[:2]):
+        Image.open(io.BytesIO(row["image"])).convert("RGB").save(folder / f"line{i}.jpg")
+    (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    single = tmp_path / "single.png"
+    single.write_bytes(rows[2]["image"])
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+
+    inputs = [folder, single, root / "lines" / "test.parquet", tmp_path / "missing.png"]
+    for decoder in ("greedy", "beam"):
+        predictions = predict(
+            root / "model.ckpt", inputs, decoder, tmp_path / "params.yaml", batch_size=3
+        )
+        names = [p.name for p in predictions]
+        assert names[:3] == [
+            str(folder / "corrupt.png"),
+            str(folder / "line0.jpg"),
+            str(folder / "line1.jpg"),
+        ]
+        assert len(predictions) == 3 + 1 + 4 + 1
+        errors = {p.name: p.error for p in predictions if p.error}
+        assert set(errors) == {str(folder / "corrupt.png"), str(tmp_path / "missing.png")}
+        assert errors[str(folder / "corrupt.png")].startswith("undecodable_image")
+        assert all(isinstance(p.text, str) for p in predictions if not p.error)
+    as_json = json.loads(format_predictions(predictions, "json"))
+    assert len(as_json) == 7 and set(as_json[0]) == {"name", "text", "confidence", "error"}
+    assert format_predictions(predictions, "csv").splitlines()[0] == "name,text,confidence"
+
+
+def test_predict_command_exits_non_zero_but_reads_the_rest(trained, tmp_path):
+    _, root = trained
+    good = tmp_path / "good.png"
+    good.write_bytes(png_bytes(120, 32))
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    result = subprocess.run(
+        [sys.executable, "-m", "stages.predict", str(root / "model.ckpt"), str(good), str(bad),
+         "--decoder", "greedy", "--format", "csv"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stdout.splitlines()[0] == "name,text,confidence"
+    assert result.stdout.splitlines()[1].startswith(str(good))
+    assert f"[predict] error: {bad}: undecodable_image" in result.stderr
+    assert "1 of 2 input(s) could not be read" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,145 @@
+"""README's `dvc exp` recipes, run as written in a tiny project; the report; a DVC remote."""
+
+import json
+import re
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.params import parse_params
+from stages.report import render
+from tests.conftest import ROOT, project_params_dict, tiny_params_dict
+from tests.test_repro import _run, dvc, make_project
+
+
+def readme_recipes() -> dict[str, list[str]]:
+    """{name: command lines} of the ```bash blocks marked <!-- recipe: name --> in README."""
+    text = (ROOT / "README.md").read_text()
+    recipes = {}
+    for name, block in re.findall(r"<!-- recipe: ([\w-]+) -->\s*```bash\n(.*?)```", text, re.S):
+        recipes[name] = [
+            line for line in block.splitlines() if line.strip() and not line.startswith("#")
+        ]
+    return recipes
+
+
+def run_line(project: Path, line: str) -> subprocess.CompletedProcess:
+    words = shlex.split(line)
+    assert words[0] == "dvc", line
+    return _run([sys.executable, "-m", "dvc", *words[1:]], project)
+
+
+def wait_for_queue(project: Path, timeout: float = 900) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = dvc(project, "queue", "status").stdout
+        if not re.search(r"\b(Queued|Running)\b", status):
+            return status
+        time.sleep(2)
+    raise AssertionError(f"queue still busy:\n{status}")
+
+
+def test_readme_has_the_recipes():
+    assert set(readme_recipes()) == {"one-change", "grid", "compare", "keep", "iam-gpu"}
+
+
+@pytest.mark.slow
+def test_readme_recipes_run_as_written(tmp_path):
+    recipes = readme_recipes()
+    project = make_project(tmp_path / "project", tiny_params_dict())
+    dvc(project, "repro")
+    _run(["git", "add", "-A"], project)
+    _run(["git", "commit", "-q", "-m", "baseline run"], project)
+
+    for line in recipes["one-change"]:
+        run_line(project, line)
+    assert (
+        _run(["git", "status", "--porcelain"], project).stdout == ""
+    )  # --temp: workspace untouched
+
+    for line in recipes["grid"]:
+        run_line(project, line)
+    status = wait_for_queue(project)
+    assert status.count("Success") == 2, status
+
+    shown = "\n".join(run_line(project, line).stdout for line in recipes["compare"])
+    assert "lr-low" in shown and "test.beam.cer" in shown and "learning_rate" in shown
+    experiments = [row for row in shown.splitlines() if "──" in row]  # ├── / └── rows
+    assert len(experiments) == 3, shown  # the named run and the two queued ones
+
+    for line in recipes["keep"]:
+        run_line(project, line)
+    assert "learning_rate: 0.001" in (project / "params.yaml").read_text()
+    assert "lr-low-branch" in _run(["git", "branch"], project).stdout
+
+    report = _run(
+        [sys.executable, "-m", "stages.report", "--base", "HEAD", "--target", "lr-low"], project
+    ).stdout
+    assert "| **learning_rate** | 0.002 | 0.001 |" in report
+    assert "### Quality metrics" in report and "test.beam.cer" in report
+
+
+def test_iam_gpu_recipe_sets_valid_params():
+    (line,) = readme_recipes()["iam-gpu"]
+    mapping = project_params_dict()
+    for assignment in re.findall(r"-S (\S+)", line):
+        key, value = assignment.split("=", 1)
+        section, name = key.split(".")
+        current = mapping[section][name]
+        mapping[section][name] = type(current)(value) if not isinstance(current, str) else value
+    params = parse_params(mapping, "README iam-gpu recipe")
+    assert (
+        params.data.source == "hub"
+        and params.model.architecture.height == params.data.height == 128
+    )
+    assert params.model.preset == "reference"
+
+
+def test_report_flags_worse_quality_and_lists_speed_apart():
+    diff = {
+        "params": {
+            "params.yaml": {"train.learning_rate": {"old": 0.002, "new": 0.001, "diff": -0.001}}
+        },
+        "metrics": {
+            "metrics/evaluate.json": {
+                "test.beam.cer": {"old": 0.1, "new": 0.12, "diff": 0.02},
+                "test.greedy.cer": {"old": 0.1, "new": 0.09, "diff": -0.01},
+                "test.lines": {"old": 300, "new": 300, "diff": 0},
+            },
+            "metrics/evaluate_speed.json": {
+                "beam_lines_per_second": {"old": 50.0, "new": 40.0, "diff": -10.0}
+            },
+        },
+    }
+    text = render(diff, "main", "exp-1")
+    assert "1 quality metric(s) got worse." in text
+    assert "| metrics/evaluate.json | **test.beam.cer** | 0.1 | 0.12 | 0.02 | **worse** |" in text
+    assert "| metrics/evaluate.json | **test.greedy.cer** | 0.1 | 0.09 | -0.01 | better |" in text
+    assert "| metrics/evaluate.json | test.lines | 300 | 300 | 0 |  |" in text
+    speed_section = text.split("### Speed")[1]
+    assert "beam_lines_per_second" in speed_section and "worse" not in speed_section
+    assert "dvc plots diff main exp-1" in text
+
+
+@pytest.mark.slow
+def test_push_to_a_local_remote_then_pull_into_a_fresh_clone(tmp_path):
+    project = make_project(tmp_path / "project", tiny_params_dict())
+    dvc(project, "repro")
+    dvc(project, "remote", "add", "-d", "storage", str(tmp_path / "remote"))
+    _run(["git", "add", "-A"], project)
+    _run(["git", "commit", "-q", "-m", "run + remote"], project)
+    dvc(project, "push")
+
+    clone = tmp_path / "clone"
+    _run(["git", "clone", "-q", str(project), str(clone)], tmp_path)
+    assert not (clone / "models" / "model.ckpt").exists()
+    dvc(clone, "pull")
+    for path in ("models/model.ckpt", "data/lines/train.parquet", "reports/predictions.parquet"):
+        assert (clone / path).read_bytes() == (project / path).read_bytes(), path
+    assert "Data and pipelines are up to date" in dvc(clone, "status").stdout
+    metrics = json.loads((clone / "metrics" / "evaluate.json").read_text())
+    assert metrics == json.loads((project / "metrics" / "evaluate.json").read_text())
