@@ -106,7 +106,12 @@ def render(diff: dict, base: str, target: str | None) -> str:
     changed_params = {
         p: {k: v for k, v in e.items() if v.get("old") != v.get("new")} for p, e in params.items()
     }
-    quality_rows = _rows(quality, with_verdict=True)
+    # every quality metric that moved, and the headline CER/WER figures even when they did not
+    quality_rows = [
+        row
+        for row in _rows(quality, with_verdict=True)
+        if row[-1] or row[1].endswith(("cer", "wer"))
+    ]
     worse = sum(1 for row in quality_rows if row[-1] == "**worse**")
     lines = [
         f"## Pipeline report: `{target or 'workspace'}` against `{base}`",
