@@ -142,13 +142,45 @@ def bench_decoding(charset: Charset, items, beam_size_token: int, beam_threshold
     return {"rows": rows}
 
 
+def _step_command(config: str, omp: str, steps: int) -> list[str]:
+    return [
+        sys.executable,
+        str(ROOT / "bench" / "train_step.py"),
+        "--config",
+        config,
+        "--omp",
+        omp,
+        "--steps",
+        str(steps),
+    ]
+
+
+def _step_env() -> dict:
+    return {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+
+
 def run_step(config: str, omp: str, steps: int) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     result = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "train_step.py"), "--config", config, "--omp", omp, "--steps", str(steps)],
-        capture_output=True, text=True, env=env, check=True,
-    )  # fmt: skip
+        _step_command(config, omp, steps),
+        capture_output=True,
+        text=True,
+        env=_step_env(),
+        check=True,
+    )
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def run_pair(omp: str, steps: int) -> float:
+    """Two CPU-default trainings at once (as DDP on CPU, loader workers or a busy CI box):
+    mean lines/s of each."""
+    processes = [
+        subprocess.Popen(
+            _step_command("cpu", omp, steps), stdout=subprocess.PIPE, text=True, env=_step_env()
+        )
+        for _ in range(2)
+    ]
+    results = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in processes]
+    return round(sum(r["lines_per_second"] for r in results) / 2, 2)
 
 
 def bench_training() -> dict:
@@ -176,6 +208,13 @@ def bench_training() -> dict:
     )
     summary["omp_fix_speedup_cpu"] = round(
         summary["cpu_lines_per_second"] / summary["cpu_lines_per_second_default_omp"], 2
+    )
+    summary["two_processes_lines_per_second_each_passive"] = run_pair("passive", 15)
+    summary["two_processes_lines_per_second_each_default_omp"] = run_pair("default", 15)
+    summary["omp_fix_speedup_two_processes"] = round(
+        summary["two_processes_lines_per_second_each_passive"]
+        / summary["two_processes_lines_per_second_each_default_omp"],
+        2,
     )
     summary["omp_fix_speedup_reference"] = round(
         summary["reference_lines_per_second"] / summary["reference_lines_per_second_default_omp"], 2

@@ -147,31 +147,21 @@ def _env() -> dict:
     return env
 
 
-def _write_params(path: Path, **train_overrides) -> Path:
+def _prepare_stage_run(root: Path, train_lines: int, **train_overrides) -> list[str]:
+    """Pull ``train_lines`` tiny synthetic lines into ``root``, write matching params, and
+    return the `python -m stages.train` command that trains on them."""
     mapping = tiny_params_dict()
+    mapping["synthetic"]["train_lines"] = train_lines
     mapping["train"].update(train_overrides)
-    path.write_text(yaml.safe_dump(mapping, sort_keys=False))
-    return path
+    params_file = root / "params.yaml"
+    params_file.write_text(yaml.safe_dump(mapping, sort_keys=False))
+    pull(parse_params(mapping), root / "lines", root / "data.json")
+    return [sys.executable, "-m", "stages.train", "--params", str(params_file), *_cli_args(root)]
 
 
 @pytest.mark.slow
-def test_killed_training_resumes_without_redoing_epochs(tmp_path, tiny_params):
-    params = dataclasses.replace(
-        tiny_params, synthetic=dataclasses.replace(tiny_params.synthetic, train_lines=120)
-    )
-    pull(params, tmp_path / "lines", tmp_path / "data.json")
-    params_file = _write_params(tmp_path / "params.yaml", max_epochs=6)
-    mapping = yaml.safe_load(params_file.read_text())
-    mapping["synthetic"]["train_lines"] = 120
-    params_file.write_text(yaml.safe_dump(mapping))
-    command = [
-        sys.executable,
-        "-m",
-        "stages.train",
-        "--params",
-        str(params_file),
-        *_cli_args(tmp_path),
-    ]
+def test_killed_training_resumes_without_redoing_epochs(tmp_path):
+    command = _prepare_stage_run(tmp_path, train_lines=120, max_epochs=6)
     last = tmp_path / "models" / "checkpoints" / "last.ckpt"
 
     process = subprocess.Popen(
@@ -210,22 +200,10 @@ def test_checkpoints_of_other_params_are_not_resumed(tmp_path, tiny_params, capl
 
 
 @pytest.mark.slow
-def test_ddp_with_two_cpu_processes(tmp_path, tiny_params):
-    params = dataclasses.replace(
-        tiny_params, synthetic=dataclasses.replace(tiny_params.synthetic, train_lines=16)
+def test_ddp_with_two_cpu_processes(tmp_path):
+    command = _prepare_stage_run(
+        tmp_path, train_lines=16, accelerator="cpu", devices="2", strategy="ddp", max_epochs=2
     )
-    pull(params, tmp_path / "lines", tmp_path / "data.json")
-    params_file = _write_params(
-        tmp_path / "params.yaml", accelerator="cpu", devices="2", strategy="ddp", max_epochs=2
-    )
-    command = [
-        sys.executable,
-        "-m",
-        "stages.train",
-        "--params",
-        str(params_file),
-        *_cli_args(tmp_path),
-    ]
     result = subprocess.run(
         command, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600
     )
@@ -244,3 +222,25 @@ def test_tiny_table_helper_roundtrip(tmp_path):
     assert read_split(tmp_path / "x.parquet").equals(
         pa.Table.from_pylist(rows, schema=read_split(tmp_path / "x.parquet").schema)
     )
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_training_says_what_was_kept(tmp_path):
+    command = _prepare_stage_run(tmp_path, train_lines=120, max_epochs=6)
+    last = tmp_path / "models" / "checkpoints" / "last.ckpt"
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 300
+    while not last.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert process.poll() is None, "training ended before it could be interrupted"
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode != 0
+    assert (
+        "[train] interrupted: models/model.ckpt was not written; the next `dvc repro` resumes from"
+        in (stderr.decode())
+    )
+    assert "Traceback" not in stderr.decode()
+    assert last.exists() and not (tmp_path / "models" / "model.ckpt").exists()
