@@ -112,8 +112,17 @@ class InterruptNotice(Callback):
             )
 
 
+FINISHED_MARKER = "finished.json"
+
+
 def resume_checkpoint(checkpoint_dir: Path, fingerprint: str) -> Path | None:
+    """``last.ckpt`` of an interrupted run with these params and data, else None (and the
+    folder is cleared: a finished run, or one of other params, is not continued)."""
     last = checkpoint_dir / "last.ckpt"
+    if (checkpoint_dir / FINISHED_MARKER).exists():
+        log.info("the previous run finished: training starts afresh")
+        shutil.rmtree(checkpoint_dir)
+        return None
     if not last.exists():
         return None
     try:
@@ -314,6 +323,10 @@ def train(
     }
     atomic_write_text(metrics_path, json.dumps(metrics, indent=2) + "\n")
     atomic_write_text(speed_path, json.dumps(speed_metrics, indent=2) + "\n")
+    # Only now is the run complete: a later run (say `dvc repro --force`) starts afresh.
+    atomic_write_text(
+        checkpoint_dir / FINISHED_MARKER, json.dumps({"fingerprint": fingerprint}) + "\n"
+    )
     log.info("best val/cer %s; model written to %s", metrics["val"]["cer"], model_path)
     return metrics
 

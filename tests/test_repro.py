@@ -83,6 +83,15 @@ def test_repro_then_nothing_to_do(tiny_project):
     assert "Data and pipelines are up to date" in again.stdout + again.stderr
     assert "Data and pipelines are up to date" in dvc(tiny_project, "status").stdout
 
+    # --force re-runs everything from scratch (a finished run is not "resumed"), and CPU
+    # training is deterministic: the same quality metrics come back
+    before = {p.name: p.read_text() for p in (tiny_project / "metrics").glob("*.json")}
+    dvc(tiny_project, "repro", "--force")
+    after = {p.name: p.read_text() for p in (tiny_project / "metrics").glob("*.json")}
+    for name in ("data.json", "train.json", "evaluate.json"):
+        assert after[name] == before[name], name
+    assert (tiny_project / "dvclive" / "plots" / "metrics" / "val" / "cer.tsv").exists()
+
     shown = dvc(tiny_project, "metrics", "show").stdout
     assert "train.lines" in shown and "12" in shown
 

@@ -188,9 +188,21 @@ def test_killed_training_resumes_without_redoing_epochs(tmp_path):
     assert 1 <= speed["epochs_this_run"] < 6  # finished epochs were not redone
 
 
+def test_a_finished_run_is_not_resumed(tmp_path, tiny_params, caplog):
+    pull(tiny_params, tmp_path / "lines", tmp_path / "data.json")
+    first = train(tiny_params, tmp_path / "lines", **_outputs(tmp_path))
+    assert (tmp_path / "models" / "checkpoints" / "finished.json").exists()
+    with caplog.at_level(logging.INFO):
+        second = train(tiny_params, tmp_path / "lines", **_outputs(tmp_path))
+    assert "the previous run finished: training starts afresh" in caplog.text
+    speed = json.loads((tmp_path / "metrics" / "train_speed.json").read_text())
+    assert speed["epochs_this_run"] == 1 and second == first  # retrained, same result
+
+
 def test_checkpoints_of_other_params_are_not_resumed(tmp_path, tiny_params, caplog):
     pull(tiny_params, tmp_path / "lines", tmp_path / "data.json")
     train(tiny_params, tmp_path / "lines", **_outputs(tmp_path))
+    (tmp_path / "models" / "checkpoints" / "finished.json").unlink()  # as if interrupted
     other = dataclasses.replace(
         tiny_params, train=dataclasses.replace(tiny_params.train, learning_rate=1.0e-4)
     )
