@@ -44,8 +44,8 @@ FINGERPRINT_KEY = "htr_run_fingerprint"
 
 
 def run_fingerprint(params: Params, lines_dir: Path) -> str:
-    """What a resumed run must share with the interrupted one: params that shape training,
-    and the exact data."""
+    """What a resumed run must share with the interrupted one: the params that shape
+    training, the exact data, and the code (a changed model must not load old weights)."""
     digest = hashlib.sha256()
     shaping = {
         "seed": params.seed,
@@ -56,6 +56,9 @@ def run_fingerprint(params: Params, lines_dir: Path) -> str:
     digest.update(json.dumps(shaping, sort_keys=True, default=list).encode())
     for name in ("charset.json", "train.parquet", "validation.parquet"):
         digest.update((lines_dir / name).read_bytes())
+    project = Path(__file__).resolve().parents[1]
+    for source in sorted([*project.glob("pipeline/*.py"), *project.glob("stages/*.py")]):
+        digest.update(source.name.encode() + source.read_bytes())
     return digest.hexdigest()
 
 

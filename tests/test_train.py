@@ -256,3 +256,20 @@ def test_ctrl_c_during_training_says_what_was_kept(tmp_path):
     )
     assert "Traceback" not in stderr.decode()
     assert last.exists() and not (tmp_path / "models" / "model.ckpt").exists()
+
+
+def test_the_fingerprint_covers_params_data_and_code(tmp_path, tiny_params, monkeypatch):
+    from stages import train as train_stage
+
+    pull(tiny_params, tmp_path / "lines", tmp_path / "data.json")
+    base = train_stage.run_fingerprint(tiny_params, tmp_path / "lines")
+    other = dataclasses.replace(tiny_params, seed=tiny_params.seed + 1)
+    assert train_stage.run_fingerprint(other, tmp_path / "lines") != base
+    original = Path.read_bytes
+
+    def edited(path: Path) -> bytes:  # as if pipeline/model.py had been edited
+        data = original(path)
+        return data + b"# edited" if path.name == "model.py" else data
+
+    monkeypatch.setattr(Path, "read_bytes", edited)
+    assert train_stage.run_fingerprint(tiny_params, tmp_path / "lines") != base
