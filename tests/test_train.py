@@ -159,20 +159,23 @@ def _prepare_stage_run(root: Path, train_lines: int, **train_overrides) -> list[
     return [sys.executable, "-m", "stages.train", "--params", str(params_file), *_cli_args(root)]
 
 
-@pytest.mark.slow
-def test_killed_training_resumes_without_redoing_epochs(tmp_path):
-    command = _prepare_stage_run(tmp_path, train_lines=120, max_epochs=6)
-    last = tmp_path / "models" / "checkpoints" / "last.ckpt"
-
+def _train_until_first_checkpoint(root: Path) -> tuple[subprocess.Popen, list[str]]:
+    """Start a 6-epoch tiny training and return once its first checkpoint exists."""
+    command = _prepare_stage_run(root, train_lines=120, max_epochs=6)
+    last = root / "models" / "checkpoints" / "last.ckpt"
     process = subprocess.Popen(
         command, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     deadline = time.monotonic() + 300
     while not last.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert process.poll() is None, (
-        "training ended before it could be killed: " + process.stderr.read().decode()
-    )
+    assert process.poll() is None, "training ended too soon: " + process.stderr.read().decode()
+    return process, command
+
+
+@pytest.mark.slow
+def test_killed_training_resumes_without_redoing_epochs(tmp_path):
+    process, command = _train_until_first_checkpoint(tmp_path)
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert not (tmp_path / "models" / "model.ckpt").exists()
@@ -238,15 +241,8 @@ def test_tiny_table_helper_roundtrip(tmp_path):
 
 @pytest.mark.slow
 def test_ctrl_c_during_training_says_what_was_kept(tmp_path):
-    command = _prepare_stage_run(tmp_path, train_lines=120, max_epochs=6)
+    process, _ = _train_until_first_checkpoint(tmp_path)
     last = tmp_path / "models" / "checkpoints" / "last.ckpt"
-    process = subprocess.Popen(
-        command, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    deadline = time.monotonic() + 300
-    while not last.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert process.poll() is None, "training ended before it could be interrupted"
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode != 0
