@@ -50,7 +50,7 @@ def device_for() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def read_split(
+def decode_split(
     module: CRNNModule, dataset: LineDataset, params: Params, device: torch.device
 ) -> SplitResult:
     """Run the network once per line and decode its output with every decoder."""
@@ -203,7 +203,7 @@ def evaluate(
     results = {}
     for split in SPLITS:
         dataset = LineDataset(lines_dir / f"{split}.parquet", module.charset, height)
-        results[split] = result = read_split(module, dataset, params, device)
+        results[split] = result = decode_split(module, dataset, params, device)
         metrics[split] = split_metrics(result)
         rows += prediction_rows(split, result)
         for name, value in result.seconds.items():
