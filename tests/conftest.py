@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import io
 import os
+import signal
 import tempfile
 from pathlib import Path
 
@@ -20,6 +21,16 @@ from PIL import Image
 from pipeline.params import Params, parse_params
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+# Popen keyword arguments for a child that must take Ctrl-C as a foreground program does.
+# A suite started as a background job (`nohup make test &`, some CI runners) hands its
+# children SIGINT *ignored*, and Python then never installs its KeyboardInterrupt handler.
+TAKES_CTRL_C = {"preexec_fn": _default_sigint}
 
 
 def project_params_dict() -> dict:

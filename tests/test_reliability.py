@@ -24,7 +24,14 @@ from stages.evaluate import evaluate
 from stages.predict import predict
 from stages.pull import pull
 from stages.train import train
-from tests.conftest import ROOT, jpeg_bytes, png_bytes, tiny_params_dict, write_hub_layout
+from tests.conftest import (
+    ROOT,
+    TAKES_CTRL_C,
+    jpeg_bytes,
+    png_bytes,
+    tiny_params_dict,
+    write_hub_layout,
+)
 from tests.test_repro import dvc, make_project
 
 
@@ -267,7 +274,11 @@ def test_sigkill_during_pull_leaves_no_partial_output_and_rerun_succeeds(tmp_pat
     out.mkdir(parents=True)
     (out / "train.parquet").write_bytes(b"previous complete output")
     process = subprocess.Popen(
-        _pull_command(params_file, out), cwd=ROOT, stderr=subprocess.PIPE, text=True
+        _pull_command(params_file, out),
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+        **TAKES_CTRL_C,
     )
     _wait_for_scratch(out.parent, process)
     process.send_signal(signal.SIGKILL)
@@ -289,7 +300,11 @@ def test_ctrl_c_during_pull_gives_a_clean_message(tmp_path):
     params_file = _slow_pull_params(tmp_path)
     out = tmp_path / "data" / "lines"
     process = subprocess.Popen(
-        _pull_command(params_file, out), cwd=ROOT, stderr=subprocess.PIPE, text=True
+        _pull_command(params_file, out),
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+        **TAKES_CTRL_C,
     )
     _wait_for_scratch(out.parent, process)
     process.send_signal(signal.SIGINT)

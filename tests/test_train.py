@@ -23,7 +23,7 @@ from pipeline.lit_module import load_model
 from pipeline.params import parse_params
 from stages.pull import pull
 from stages.train import train
-from tests.conftest import ROOT, project_params_dict, tiny_params_dict
+from tests.conftest import ROOT, TAKES_CTRL_C, project_params_dict, tiny_params_dict
 
 
 def _outputs(root: Path) -> dict:
@@ -73,7 +73,10 @@ def _params(**train_overrides):
 
 @pytest.mark.slow
 def test_overfit_two_lines_to_cer_zero(tmp_path):
-    params = _params(max_epochs=25, batch_size=2, learning_rate=3.0e-3, warmup_fraction=0.1)
+    # 40 epochs: on the development host val CER reaches 0 at epoch 20 and stays there, a
+    # margin no host's rounding eats (at 25 epochs it got there at the very end, and another
+    # host stopped one letter short).
+    params = _params(max_epochs=40, batch_size=2, learning_rate=3.0e-3, warmup_fraction=0.1)
     default_architecture = parse_params(project_params_dict()).model.presets["cpu"]
     params = dataclasses.replace(
         params,
@@ -164,7 +167,12 @@ def _train_until_first_checkpoint(root: Path) -> tuple[subprocess.Popen, list[st
     command = _prepare_stage_run(root, train_lines=120, max_epochs=6)
     last = root / "models" / "checkpoints" / "last.ckpt"
     process = subprocess.Popen(
-        command, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        command,
+        cwd=ROOT,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        **TAKES_CTRL_C,
     )
     deadline = time.monotonic() + 300
     while not last.exists() and process.poll() is None and time.monotonic() < deadline:
