@@ -57,7 +57,7 @@ class ReferenceCRNN(nn.Module):
 def build():
     params = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
     if args.config == "cpu":
-        model = CRNN(ModelConfig(params.model.presets["cpu"], "max", True, CLASSES))
+        model = CRNN(ModelConfig(params.model.presets["cpu"], "max", True, "none", CLASSES))
         batch, height, width = (
             params.train.batch_size,
             params.model.presets["cpu"].height,
@@ -71,7 +71,7 @@ def build():
             return ctc(log_probs, frames) + 0.1 * ctc(shortcut, frames)
     else:
         reference = params.model.presets["reference"]
-        model = ReferenceCRNN(CRNN(ModelConfig(reference, "avg", False, CLASSES)))
+        model = ReferenceCRNN(CRNN(ModelConfig(reference, "avg", False, "none", CLASSES)))
         batch, height, width = 8, 128, 1000
 
         def loss_fn(images):

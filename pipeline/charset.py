@@ -7,6 +7,7 @@ The charset is built from the training split by ``pull``, saved next to the data
 from __future__ import annotations
 
 import json
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,11 @@ class Charset:
         for ch in self.characters:
             if len(ch) != 1:
                 raise CharsetError(f"charset entries must be single characters, got {ch!r}")
+            if unicodedata.category(ch) in ("Cc", "Cf") or (ch.isspace() and ch != " "):
+                raise CharsetError(
+                    f"charset entries must be visible characters or ' ', got {ch!r} "
+                    f"(Unicode category {unicodedata.category(ch)})"
+                )
         if len(set(self.characters)) != len(self.characters):
             raise CharsetError("charset has duplicate characters")
         object.__setattr__(self, "_index", {ch: i + 1 for i, ch in enumerate(self.characters)})

@@ -141,11 +141,30 @@ def collate(items: list[dict]) -> Batch:
     )
 
 
-class WidthBucketBatches:
-    """Batches of similar width (less padding), reshuffled every epoch, split across ranks.
+def cut_batches(order: np.ndarray, widths: np.ndarray, batch_size: int, max_width_sum: int):
+    """Consecutive lines of ``order`` (sorted by width) in batches of at most ``batch_size``
+    lines whose padded width (lines x widest) stays within ``max_width_sum``."""
+    batches, current, widest = [], [], 0
+    for index in order.tolist():
+        wider = max(widest, int(widths[index]))
+        if current and (len(current) == batch_size or (len(current) + 1) * wider > max_width_sum):
+            batches.append(current)
+            current, wider = [], int(widths[index])
+        current.append(index)
+        widest = wider
+    if current:
+        batches.append(current)
+    return batches
 
-    Training: shuffle, cut into pools of ``BUCKET_BATCHES`` batches, sort each pool by
-    width, batch, shuffle the batches. Evaluation: sorted by width, in order.
+
+class WidthBucketBatches:
+    """Batches of similar width (less padding) under a memory bound, reshuffled every epoch,
+    split across ranks.
+
+    A batch holds at most ``batch_size`` lines and at most ``max_pixels`` padded pixels
+    (lines x ``height`` x its widest line), so a step's memory is bounded whatever the data.
+    Training: shuffle, cut into pools of ``BUCKET_BATCHES`` batches, sort each pool by width,
+    batch, shuffle the batches. Evaluation: sorted by width, in order.
     """
 
     def __init__(
@@ -156,6 +175,8 @@ class WidthBucketBatches:
         seed: int,
         rank: int = 0,
         world_size: int = 1,
+        height: int = 1,
+        max_pixels: int | None = None,
     ) -> None:
         self.widths = np.asarray(widths)
         self.batch_size = batch_size
@@ -163,6 +184,8 @@ class WidthBucketBatches:
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
+        # the bound on padded width per batch; a line wider than it still gets a batch alone
+        self.max_width_sum = max_pixels // height if max_pixels else math.inf
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -179,10 +202,7 @@ class WidthBucketBatches:
         if not self.shuffle:
             # evaluation: each rank reads every world_size-th line (every line read once)
             order = np.argsort(self.widths, kind="stable")[self.rank :: self.world_size]
-            return [
-                order[i : i + self.batch_size].tolist()
-                for i in range(0, len(order), self.batch_size)
-            ]
+            return cut_batches(order, self.widths, self.batch_size, self.max_width_sum)
         rng = np.random.default_rng([self.seed, self.epoch])
         order = rng.permutation(len(self.widths))
         pool = self.batch_size * BUCKET_BATCHES
@@ -190,10 +210,7 @@ class WidthBucketBatches:
         for start in range(0, len(order), pool):
             chunk = order[start : start + pool]
             chunk = chunk[np.argsort(self.widths[chunk], kind="stable")]
-            batches += [
-                chunk[i : i + self.batch_size].tolist()
-                for i in range(0, len(chunk), self.batch_size)
-            ]
+            batches += cut_batches(chunk, self.widths, self.batch_size, self.max_width_sum)
         batches = [batches[i] for i in rng.permutation(len(batches))]
         # training: whole batches per rank, the same count on every rank (DDP hangs otherwise)
         per_rank = len(batches) // self.world_size
@@ -203,10 +220,7 @@ class WidthBucketBatches:
         return iter(self._all_batches())
 
     def __len__(self) -> int:
-        if self.shuffle:
-            return math.ceil(len(self.widths) / self.batch_size) // self.world_size
-        lines = len(range(self.rank, len(self.widths), self.world_size))
-        return math.ceil(lines / self.batch_size)
+        return len(self._all_batches())
 
 
 class LineDataModule(L.LightningDataModule):
@@ -219,6 +233,7 @@ class LineDataModule(L.LightningDataModule):
         batch_size: int,
         augment: AugmentParams,
         seed: int,
+        max_batch_pixels: int,
         num_workers: int = 0,
     ) -> None:
         super().__init__()
@@ -229,6 +244,7 @@ class LineDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.augment = augment
         self.seed = seed
+        self.max_batch_pixels = max_batch_pixels
         self.num_workers = num_workers
         self.datasets: dict[str, LineDataset] = {}
         self.dropped_infeasible: dict[str, int] = {}
@@ -279,7 +295,14 @@ class LineDataModule(L.LightningDataModule):
         if self.trainer is not None:
             rank, world = self.trainer.global_rank, self.trainer.world_size
         batches = WidthBucketBatches(
-            dataset.widths, self.batch_size, shuffle, self.seed, rank, world
+            dataset.widths,
+            self.batch_size,
+            shuffle,
+            self.seed,
+            rank,
+            world,
+            height=self.height,
+            max_pixels=self.max_batch_pixels,
         )
         return DataLoader(
             dataset,

@@ -37,8 +37,9 @@ DROP_REASONS = (
     "undecodable_image",
     "image_too_small",
     "image_too_large",
+    "too_wide",
 )
-MIN_SOURCE_HEIGHT = 8  # px; a thinner source image holds no readable line
+MIN_SOURCE_SIDE = 8  # px; a source image thinner or narrower than this holds no readable text
 
 SCHEMA = pa.schema(
     [
@@ -84,16 +85,31 @@ class LinesFileError(PipelineError):
 
 
 _WHITESPACE = re.compile(r"\s+")
+# An ANSI escape sequence (colour codes pasted from a terminal): removed whole, not only ESC.
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[@-Z\\-_]")
+# Unicode control (Cc) and format (Cf) characters: invisible (zero-width spaces and joiners,
+# bidi marks, soft hyphens, BOMs) or not text at all (BEL, ESC). None can enter a charset.
+INVISIBLE_CATEGORIES = ("Cc", "Cf")
 
 
-def normalize_text(text: object) -> str:
-    """NFC, whitespace runs collapsed to one space, stripped; empty text is a bad row."""
+def is_invisible(char: str) -> bool:
+    return unicodedata.category(char) in INVISIBLE_CATEGORIES
+
+
+def normalize_text(text: object) -> tuple[str, str]:
+    """(clean text, what was removed): NFC, ANSI escapes and control/format characters
+    removed, whitespace runs collapsed to one space, stripped. Empty text is a bad row."""
     if not isinstance(text, str):
         raise BadRow("missing_text", f"text is {type(text).__name__}, not a string")
-    text = _WHITESPACE.sub(" ", unicodedata.normalize("NFC", text)).strip()
+    text = _WHITESPACE.sub(" ", unicodedata.normalize("NFC", text))  # tabs, newlines: spaces
+    removed = "".join(_ANSI_ESCAPE.findall(text))
+    text = _ANSI_ESCAPE.sub("", text)
+    removed += "".join(ch for ch in text if is_invisible(ch))
+    text = _WHITESPACE.sub(" ", "".join(ch for ch in text if not is_invisible(ch))).strip()
     if not text:
-        raise BadRow("empty_text", "text is empty or whitespace only")
-    return text
+        detail = "text is empty or whitespace only"
+        raise BadRow("empty_text", f"{detail} (after removing {removed!r})" if removed else detail)
+    return text, removed
 
 
 def to_grayscale(image: Image.Image) -> Image.Image:
@@ -110,8 +126,13 @@ def to_grayscale(image: Image.Image) -> Image.Image:
     return image.convert("L")
 
 
-def normalize_image(data: object, height: int) -> tuple[bytes, int, int]:
-    """Encoded image bytes -> (grayscale PNG bytes at ``height`` px, width, height)."""
+def normalize_image(data: object, height: int, max_aspect_ratio: float) -> tuple[bytes, int, int]:
+    """Encoded image bytes -> (grayscale PNG bytes at ``height`` px, width, height).
+
+    Refused: an image that is not one, one under ``MIN_SOURCE_SIDE`` px either way, and one
+    wider than ``max_aspect_ratio`` times its height (no text line is; a ruler line or a
+    bad crop is, and would take the memory of a whole batch once resized).
+    """
     if not isinstance(data, bytes | bytearray) or len(data) == 0:
         raise BadRow("empty_image", "no image bytes")
     try:
@@ -125,8 +146,14 @@ def normalize_image(data: object, height: int) -> tuple[bytes, int, int]:
     source_width, source_height = image.size
     if source_width == 0 or source_height == 0:
         raise BadRow("empty_image", f"image is {source_width}x{source_height}")
-    if source_height < MIN_SOURCE_HEIGHT:
+    if min(source_width, source_height) < MIN_SOURCE_SIDE:
         raise BadRow("image_too_small", f"image is {source_width}x{source_height} px")
+    if source_width > max_aspect_ratio * source_height:
+        raise BadRow(
+            "too_wide",
+            f"image is {source_width}x{source_height} px, aspect ratio "
+            f"{source_width / source_height:.0f}:1 > data.max_aspect_ratio {max_aspect_ratio:g}",
+        )
     return encode_line(image, height)
 
 
@@ -142,10 +169,13 @@ def encode_line(image: Image.Image, height: int) -> tuple[bytes, int, int]:
 
 @dataclass
 class DropLog:
-    """Rows dropped per reason, with a few examples for the warning."""
+    """Rows dropped per reason, and texts cleaned of invisible characters, with a few
+    examples of each for the warning."""
 
     counts: Counter[str] = field(default_factory=Counter)
     examples: dict[str, list[str]] = field(default_factory=dict)
+    cleaned_texts: int = 0
+    cleaned_chars: Counter[str] = field(default_factory=Counter)
     max_examples: int = 3
 
     def add(self, row_name: str, error: BadRow) -> None:
@@ -153,6 +183,13 @@ class DropLog:
         examples = self.examples.setdefault(error.reason, [])
         if len(examples) < self.max_examples:
             examples.append(f"{row_name}: {error.detail}")
+
+    def cleaned(self, row_name: str, removed: str) -> None:
+        self.cleaned_texts += 1
+        self.cleaned_chars.update(removed)
+        examples = self.examples.setdefault("cleaned", [])
+        if len(examples) < self.max_examples:
+            examples.append(f"{row_name}: removed {removed!r}")
 
     @property
     def total(self) -> int:
@@ -162,6 +199,13 @@ class DropLog:
         return {reason: self.counts[reason] for reason in DROP_REASONS}
 
     def warn(self, split: str) -> None:
+        if self.cleaned_texts:
+            log.warning(
+                "%s: removed control/format characters from %d text(s), e.g. %s",
+                split,
+                self.cleaned_texts,
+                "; ".join(self.examples["cleaned"]),
+            )
         if not self.total:
             return
         lines = [f"{split}: dropped {self.total} row(s)"]
@@ -170,16 +214,20 @@ class DropLog:
         log.warning("\n".join(lines))
 
 
-def normalize_rows(source_rows: Iterable[SourceRow], height: int, drops: DropLog) -> list[dict]:
+def normalize_rows(
+    source_rows: Iterable[SourceRow], height: int, max_aspect_ratio: float, drops: DropLog
+) -> list[dict]:
     """Source rows -> schema rows; bad rows are counted in ``drops``."""
     rows = []
     for source in source_rows:
         try:
-            text = normalize_text(source.text)
-            png, width, row_height = normalize_image(source.image, height)
+            text, removed = normalize_text(source.text)
+            png, width, row_height = normalize_image(source.image, height, max_aspect_ratio)
         except BadRow as error:
             drops.add(source.name, error)
             continue
+        if removed:
+            drops.cleaned(source.name, removed)
         rows.append(
             {
                 "id": source.id,

@@ -34,6 +34,15 @@ def text_metrics() -> MetricCollection:
     return MetricCollection({"cer": CharErrorRate(), "wer": WordErrorRate()})
 
 
+class ClampedOneCycleLR(torch.optim.lr_scheduler.OneCycleLR):
+    """One-cycle, holding its last value past ``total_steps`` instead of raising: an epoch
+    may hold a few more batches than the first did when the memory bound cuts batches."""
+
+    def step(self, epoch: int | None = None) -> None:
+        if self.last_epoch < self.total_steps - 1:
+            super().step(epoch)
+
+
 class CRNNModule(L.LightningModule):
     def __init__(
         self,
@@ -131,7 +140,7 @@ class CRNNModule(L.LightningModule):
         optimizer = torch.optim.AdamW(
             self.parameters(), lr=self.hparams.learning_rate, weight_decay=self.hparams.weight_decay
         )
-        schedule = torch.optim.lr_scheduler.OneCycleLR(
+        schedule = ClampedOneCycleLR(
             optimizer,
             max_lr=self.hparams.learning_rate,
             total_steps=max(1, int(self.trainer.estimated_stepping_batches)),

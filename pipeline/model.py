@@ -9,6 +9,7 @@ Tensor layout, stated once:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass
 
 import torch
@@ -25,6 +26,7 @@ class ModelConfig:
     architecture: ArchitectureParams
     column_pool: str  # "max" | "avg"
     shortcut: bool
+    input_norm: str  # "none" | "contrast": see normalize_contrast
     num_classes: int
 
     def to_dict(self) -> dict:
@@ -41,8 +43,38 @@ class ModelConfig:
             architecture=ArchitectureParams(**arch),
             column_pool=data["column_pool"],
             shortcut=data["shortcut"],
+            # checkpoints written before input_norm existed were trained without it
+            input_norm=data.get("input_norm", "none"),
             num_classes=data["num_classes"],
         )
+
+
+# Quantiles of each line's own pixels (ink = 1, paper = 0): the median is the paper (most of
+# a line is paper), the 99th percentile the ink.
+PAPER_QUANTILE = 0.5
+INK_QUANTILE = 0.99
+MIN_CONTRAST = 0.1  # a blank line is not stretched into noise
+
+
+def normalize_contrast(images: torch.Tensor, widths: torch.Tensor | None) -> torch.Tensor:
+    """(B, 1, H, W) -> the same, each line stretched so its paper is 0 and its ink 1.
+
+    Real scans have grey paper and faint or dark ink; rendered lines are near white and
+    black. Stretching every line to the same range makes both look alike to the encoder.
+    The right padding (beyond ``widths``) stays 0.
+    """
+    batch, _, _, width = images.shape
+    if widths is None:
+        widths = torch.full((batch,), width, device=images.device)
+    valid = torch.arange(width, device=images.device)[None, :] < widths[:, None]  # (B, W)
+    pixels = images[:, 0].masked_fill(~valid[:, None, :], float("nan")).flatten(1)  # (B, H*W)
+    levels = pixels.float().nanquantile(
+        torch.tensor([PAPER_QUANTILE, INK_QUANTILE], device=images.device), dim=1
+    )  # (2, B)
+    paper = levels[0][:, None, None, None]
+    contrast = (levels[1] - levels[0]).clamp(min=MIN_CONTRAST)[:, None, None, None]
+    stretched = ((images - paper) / contrast).clamp(0.0, 1.0)
+    return stretched * valid[:, None, None, :]
 
 
 def reverse_within_lengths(sequence: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -150,6 +182,8 @@ class CRNN(nn.Module):
         With ``widths`` (needed for padded batches), the BiLSTM reads each line only up to
         its own last frame; without, every image is taken as unpadded.
         """
+        if self.config.input_norm == "contrast":
+            images = normalize_contrast(images, widths)
         features = self.encoder(self.stem(images))  # (B, C, H', T)
         pool = features.amax if self.config.column_pool == "max" else features.mean
         columns = pool(dim=2)  # (B, C, T)
@@ -185,9 +219,4 @@ class CRNN(nn.Module):
                 self.shortcut,
                 nn.Conv1d(self.shortcut.in_channels, num_classes, kernel_size=3, padding=1),
             )
-        self.config = ModelConfig(
-            architecture=self.config.architecture,
-            column_pool=self.config.column_pool,
-            shortcut=self.config.shortcut,
-            num_classes=num_classes,
-        )
+        self.config = dataclasses.replace(self.config, num_classes=num_classes)

@@ -8,6 +8,7 @@ unknown keys, missing keys and wrong types with a message naming the file and th
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ class DataParams:
     hub_revision: str  # commit, tag or branch of the hub dataset; ignored for a local folder
     height: int  # every stored line is resized to this height (px), aspect ratio kept
     max_bad_fraction: float  # pull fails when more rows than this are unusable
+    max_aspect_ratio: float  # a wider image (width / height) is no text line: dropped
 
     def __post_init__(self) -> None:
         _require(self.height >= 8, "data.height", f"must be >= 8, got {self.height}")
@@ -46,6 +48,7 @@ class DataParams:
             f"must be in [0, 1], got {self.max_bad_fraction}",
         )
         _require(bool(self.hub_id.strip()), "data.hub_id", "must not be empty")
+        _require(self.max_aspect_ratio >= 1.0, "data.max_aspect_ratio", "must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -203,6 +206,7 @@ class ModelParams:
     column_pool: Literal["max", "avg"]  # how CNN features are collapsed over the height
     shortcut: bool  # the CTC shortcut head (arXiv 2404.11339)
     shortcut_weight: float  # its share of the loss
+    input_norm: Literal["none", "contrast"]  # contrast: each line's paper to 0, ink to 1
     presets: dict[str, ArchitectureParams]
 
     def __post_init__(self) -> None:
@@ -237,9 +241,10 @@ class TrainParams:
     cpu_threads: int  # torch intra-op threads on CPU; 0 = torch's default
     deterministic: bool  # torch deterministic algorithms (same metrics on every CPU run)
     init_from: str  # checkpoint to fine-tune from; "" trains from scratch
+    max_batch_pixels: int  # padded pixels per batch (B x H x W_max): bounds a step's memory
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "max_epochs", "num_nodes"):
+        for name in ("batch_size", "max_epochs", "num_nodes", "max_batch_pixels"):
             _require(
                 getattr(self, name) >= 1,
                 f"train.{name}",
@@ -264,9 +269,10 @@ class EvaluateParams:
     beam_size_token: int  # tokens tried per frame (0: all); the main speed knob on CPU
     beam_threshold: float  # prune hypotheses this far (log-prob) below the best
     worst_lines: int  # lines shown in the worst-lines picture
+    max_batch_pixels: int  # padded pixels per batch (B x H x W_max) when reading lines
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "beam_width"):
+        for name in ("batch_size", "beam_width", "max_batch_pixels"):
             _require(
                 getattr(self, name) >= 1,
                 f"evaluate.{name}",
@@ -291,6 +297,19 @@ class Params:
     model: ModelParams
     train: TrainParams
     evaluate: EvaluateParams
+
+    def __post_init__(self) -> None:
+        # The widest line pull lets through must fit a batch on its own, at the model height.
+        height = self.model.architecture.height
+        widest = math.ceil(self.data.max_aspect_ratio * height) * height
+        for section in ("train", "evaluate"):
+            budget = getattr(self, section).max_batch_pixels
+            _require(
+                budget >= widest,
+                f"{section}.max_batch_pixels",
+                f"{budget} cannot hold the widest legal line: data.max_aspect_ratio "
+                f"{self.data.max_aspect_ratio:g} x {height} px high = {widest} px",
+            )
 
 
 def _type_name(tp: Any) -> str:

@@ -55,7 +55,14 @@ def decode_split(
 ) -> SplitResult:
     """Run the network once per line and decode its output with every decoder."""
     decoders = build_decoders(module.charset, params.evaluate)
-    batches = WidthBucketBatches(dataset.widths, params.evaluate.batch_size, shuffle=False, seed=0)
+    batches = WidthBucketBatches(
+        dataset.widths,
+        params.evaluate.batch_size,
+        shuffle=False,
+        seed=0,
+        height=dataset.height,
+        max_pixels=params.evaluate.max_batch_pixels,
+    )
     loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate)
     result = SplitResult(dataset)
     order: list[int] = [i for batch in batches for i in batch]

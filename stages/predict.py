@@ -93,7 +93,8 @@ def predict(
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     module = load_model(model_path).to(device)
     height = module.model.config.architecture.height
-    decoder = build_decoders(module.charset, load_params(params_path).evaluate)[decoder_name]
+    params = load_params(params_path)
+    decoder = build_decoders(module.charset, params.evaluate)[decoder_name]
     predictions: list[Prediction] = []
     pending: list[tuple[str, torch.Tensor]] = []
 
@@ -121,13 +122,17 @@ def predict(
     for item in iter_inputs(inputs):
         if item.error is None:
             try:
-                png, _, _ = normalize_image(item.image, height)
+                png, _, _ = normalize_image(item.image, height, params.data.max_aspect_ratio)
             except BadRow as error:
                 item = Item(item.name, None, f"{error.reason}: {error.detail}")
         if item.error is not None:
             predictions.append(Prediction(item.name, None, None, item.error))
             continue
-        pending.append((item.name, to_model_input(decode_png(png), height)))
+        image = to_model_input(decode_png(png), height)  # (1, H, W)
+        widest = max([image.shape[-1], *(pending_image.shape[-1] for _, pending_image in pending)])
+        if pending and (len(pending) + 1) * height * widest > params.evaluate.max_batch_pixels:
+            flush()  # one more line would take the batch past its memory bound
+        pending.append((item.name, image))
         if len(pending) == batch_size:
             flush()
     flush()

@@ -51,6 +51,8 @@ def _split_summary(rows: list[dict], drops: DropLog, charset: Charset) -> dict:
         "dropped": drops.total,
         "dropped_by_reason": drops.by_reason(),
         "lines_with_chars_outside_charset": sum(bool(charset.unknown(row["text"])) for row in rows),
+        "texts_cleaned": drops.cleaned_texts,  # control/format characters removed
+        "chars_removed": sum(drops.cleaned_chars.values()),
         "width_px": {
             "mean": round(float(widths.mean()), 1),
             "min": int(widths.min()),
@@ -73,7 +75,9 @@ def pull(params: Params, out_dir: Path, metrics_path: Path) -> dict:
             progress = tqdm(
                 source_rows, total=total, desc=f"pull {split}", unit="line", mininterval=1.0
             )
-            rows[split] = normalize_rows(progress, params.data.height, drops[split])
+            rows[split] = normalize_rows(
+                progress, params.data.height, params.data.max_aspect_ratio, drops[split]
+            )
             drops[split].warn(split)
             check_bad_fraction(
                 split, drops[split].total, total, params.data.max_bad_fraction, source_name

@@ -32,6 +32,7 @@ from lightning.pytorch.callbacks import (
 
 from pipeline.charset import Charset
 from pipeline.data import LineDataModule
+from pipeline.errors import PipelineError
 from pipeline.lines import atomic_write_text
 from pipeline.lit_module import CRNNModule, read_checkpoint, save_model
 from pipeline.model import CRNN, ModelConfig
@@ -161,6 +162,7 @@ def build_module(params: Params, data_charset: Charset) -> CRNNModule:
             architecture=params.model.architecture,
             column_pool=params.model.column_pool,
             shortcut=params.model.shortcut,
+            input_norm=params.model.input_norm,
             num_classes=data_charset.num_classes,
         )
         charset = "".join(data_charset.characters)
@@ -171,15 +173,30 @@ def build_module(params: Params, data_charset: Charset) -> CRNNModule:
     old_charset = Charset(tuple(saved["charset"]))
     charset = old_charset.extended(data_charset.characters)
     added = charset.characters[len(old_charset.characters) :]
-    config = ModelConfig.from_dict(saved["model_config"])
-    if config.architecture != params.model.architecture:
-        log.warning(
-            "fine-tuning keeps the architecture of %s, not model.preset=%s",
-            source,
-            params.model.preset,
-        )
+    saved_config = ModelConfig.from_dict(saved["model_config"])
+    # The architecture is the params' (height, strides, input normalization may differ from
+    # the checkpoint's); the weights are the checkpoint's, so their shapes must fit.
+    config = ModelConfig(
+        architecture=params.model.architecture,
+        column_pool=params.model.column_pool,
+        shortcut=params.model.shortcut,
+        input_norm=params.model.input_norm,
+        num_classes=saved_config.num_classes,
+    )
     network = CRNN(config)
-    network.load_state_dict(state)
+    try:
+        network.load_state_dict(state)
+    except RuntimeError as error:
+        detail = str(error).splitlines()[1].strip() if "\n" in str(error) else str(error)
+        raise PipelineError(
+            f"train.init_from: the weights of {source} do not fit model.preset="
+            f"{params.model.preset} ({detail}); fine-tune with channels, blocks, LSTM size "
+            f"and shortcut as the checkpoint has them (height and strides may differ)"
+        ) from None
+    if config != saved_config:
+        log.info(
+            "fine-tuning %s with the architecture of model.preset=%s", source, params.model.preset
+        )
     if added:
         log.warning(
             "the data has %d character(s) the checkpoint lacks: %r; "
@@ -227,6 +244,7 @@ def train(
         batch_size=params.train.batch_size,
         augment=params.augment,
         seed=params.seed,
+        max_batch_pixels=params.train.max_batch_pixels,
         num_workers=params.train.num_workers,
     )
 
@@ -313,6 +331,7 @@ def train(
     epochs_run = len(speed.epoch_seconds)
     speed_metrics = {
         "device": device,
+        "precision": str(trainer.precision),
         "threads": torch.get_num_threads(),
         "fit_seconds": round(time.perf_counter() - started, 1),
         "epochs_this_run": epochs_run,  # fewer than "epochs" when the run resumed

@@ -76,7 +76,14 @@ def test_infeasible_lines_are_dropped_counted_and_warned(tmp_path, tiny_params, 
     charset = Charset.load(tmp_path / "lines" / "charset.json")
     # a model giving one frame per 12 px cannot fit ~7 px per character lines
     module = LineDataModule(
-        tmp_path / "lines", charset, 32, lambda widths: widths // 12, 4, tiny_params.augment, seed=0
+        tmp_path / "lines",
+        charset,
+        32,
+        lambda widths: widths // 12,
+        4,
+        tiny_params.augment,
+        seed=0,
+        max_batch_pixels=10**7,
     )
     with caplog.at_level(logging.WARNING):
         module.setup("fit")
@@ -85,7 +92,14 @@ def test_infeasible_lines_are_dropped_counted_and_warned(tmp_path, tiny_params, 
     assert "needs more CTC frames" in caplog.text and f"of {total} lines" in caplog.text
     # a generous model keeps everything
     generous = LineDataModule(
-        tmp_path / "lines", charset, 32, lambda w: w, 4, tiny_params.augment, seed=0
+        tmp_path / "lines",
+        charset,
+        32,
+        lambda w: w,
+        4,
+        tiny_params.augment,
+        seed=0,
+        max_batch_pixels=10**7,
     )
     generous.setup("fit")
     assert generous.dropped_infeasible["train"] == 0 and len(generous.datasets["train"]) == total
@@ -95,7 +109,14 @@ def test_characters_outside_the_charset_are_left_out_of_targets(tmp_path, tiny_p
     pull(tiny_params, tmp_path / "lines", tmp_path / "m.json")
     small = Charset(tuple("abcdefghijklmnopqrstuvwxyz "))
     module = LineDataModule(
-        tmp_path / "lines", small, 32, lambda w: w, 4, tiny_params.augment, seed=0
+        tmp_path / "lines",
+        small,
+        32,
+        lambda w: w,
+        4,
+        tiny_params.augment,
+        seed=0,
+        max_batch_pixels=10**7,
     )
     module.setup("test")
     dataset = module.datasets["test"]
@@ -109,9 +130,39 @@ def test_dataset_items_have_the_model_height(tmp_path, tiny_params, train):
     pull(tiny_params, tmp_path / "lines", tmp_path / "m.json")
     charset = Charset.load(tmp_path / "lines" / "charset.json")
     module = LineDataModule(
-        tmp_path / "lines", charset, 24, lambda w: w, 4, tiny_params.augment, seed=0
+        tmp_path / "lines",
+        charset,
+        24,
+        lambda w: w,
+        4,
+        tiny_params.augment,
+        seed=0,
+        max_batch_pixels=10**7,
     )
     dataset = module.split_dataset("train", train=train)
     item = dataset[0]
     assert item["image"].shape[-2] == 24
     assert charset.decode(item["target"]) == item["text"]
+
+
+def test_batches_stay_within_the_pixel_budget_and_a_line_over_it_goes_alone():
+    # height 10, budget 1,000 px: at most 100 px of padded width per batch
+    widths = [10, 20, 30, 40, 50, 60, 200]
+    batches = list(WidthBucketBatches(widths, 8, False, seed=0, height=10, max_pixels=1000))
+    assert batches == [[0, 1, 2], [3, 4], [5], [6]]  # 3x30, 2x50, 1x60, the 200 px line alone
+    for batch in batches[:-1]:
+        assert len(batch) * max(widths[i] for i in batch) * 10 <= 1000
+    unbounded = list(WidthBucketBatches(widths, 8, False, seed=0))
+    assert unbounded == [list(range(7))]
+
+
+def test_training_batches_under_a_budget_cover_every_line_once():
+    widths = [100 + (i * 53) % 900 for i in range(200)]
+    batches = WidthBucketBatches(widths, 16, True, seed=5, height=32, max_pixels=16 * 32 * 400)
+    for epoch in (0, 1):
+        batches.set_epoch(epoch)
+        seen = sorted(i for batch in batches for i in batch)
+        assert seen == list(range(200))
+        assert len(list(batches)) == len(batches)
+        for batch in batches:
+            assert len(batch) * 32 * max(widths[i] for i in batch) <= 16 * 32 * 400

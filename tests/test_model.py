@@ -3,14 +3,18 @@ import dataclasses
 import pytest
 import torch
 
-from pipeline.model import CRNN, ModelConfig
+from pipeline.model import CRNN, ModelConfig, normalize_contrast
 from pipeline.params import ParamsError, parse_params
 from tests.conftest import project_params_dict
 
 
-def _config(architecture, shortcut=True, pool="max", classes=10) -> ModelConfig:
+def _config(architecture, shortcut=True, pool="max", classes=10, norm="none") -> ModelConfig:
     return ModelConfig(
-        architecture=architecture, column_pool=pool, shortcut=shortcut, num_classes=classes
+        architecture=architecture,
+        column_pool=pool,
+        shortcut=shortcut,
+        input_norm=norm,
+        num_classes=classes,
     )
 
 
@@ -135,3 +139,35 @@ def test_reverse_within_lengths():
     assert reversed_[:, 0, 0].tolist() == [6, 4, 2, 0]
     assert reversed_[:, 1, 0].tolist() == [3, 1, 5, 7]  # padding frames stay where they are
     assert torch.equal(reverse_within_lengths(reversed_, torch.tensor([4, 2])), sequence)
+
+
+def test_contrast_normalization_maps_paper_to_0_and_ink_to_1_within_each_line():
+    # line 0: grey paper 0.3 with faint ink 0.5; line 1: white paper 0 with ink 0.9, and
+    # only 6 of its 10 columns real (the rest is padding, which must stay 0)
+    images = torch.full((2, 1, 4, 10), 0.3)
+    images[0, 0, 1, 2:4] = 0.5
+    images[1] = 0.0
+    images[1, 0, 1, 1:3] = 0.9
+    images[1, 0, :, 6:] = 0.0
+    out = normalize_contrast(images, torch.tensor([10, 6]))
+    assert torch.allclose(out[0, 0, 1, 2:4], torch.ones(2))  # faint ink -> 1
+    assert torch.allclose(out[0, 0, 0], torch.zeros(10))  # grey paper -> 0
+    assert torch.allclose(out[1, 0, 1, 1:3], torch.ones(2))
+    assert out[1, :, :, 6:].abs().max() == 0  # padding untouched
+    blank = normalize_contrast(torch.full((1, 1, 4, 10), 0.2), None)
+    assert blank.abs().max() == 0  # no ink: nothing is stretched into noise
+
+
+def test_the_network_applies_its_input_normalization():
+    params = parse_params(project_params_dict())
+    architecture = params.model.presets["cpu"]
+    torch.manual_seed(0)
+    plain = CRNN(_config(architecture)).eval()
+    normed = CRNN(_config(architecture, norm="contrast")).eval()
+    normed.load_state_dict(plain.state_dict())
+    images = torch.rand(1, 1, architecture.height, 64) * 0.2 + 0.3  # low contrast
+    with torch.no_grad():
+        same_input = plain(normalize_contrast(images, None))[0]
+        raw_input = plain(images)[0]
+    assert torch.allclose(normed(images)[0], same_input, atol=1e-6)
+    assert (raw_input - same_input).abs().max() > 1e-4  # the stretch does change the output

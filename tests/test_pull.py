@@ -80,6 +80,7 @@ def test_bad_rows_are_dropped_counted_and_warned(tmp_path, tiny_params, caplog):
         "undecodable_image": 2,
         "image_too_small": 1,
         "image_too_large": 0,
+        "too_wide": 0,
     }
     assert metrics["validation"]["dropped"] == 0
     warning = "\n".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ import torch
 import yaml
 from PIL import Image
 
+from pipeline.charset import Charset
 from pipeline.data import Batch
 from pipeline.lines import read_split
 from pipeline.lit_module import CRNNModule, ModelFileError, load_model
@@ -29,6 +31,7 @@ from tests.conftest import (
     TAKES_CTRL_C,
     jpeg_bytes,
     png_bytes,
+    project_params_dict,
     tiny_params_dict,
     write_hub_layout,
 )
@@ -48,7 +51,8 @@ def _line(width: int, height: int) -> Image.Image:
     return image
 
 
-# (name, image bytes, text, expected outcome): "kept" or "dropped:<reason>"
+# (name, image bytes, text, expected outcome): "kept", "kept:<text as stored>" or
+# "dropped:<reason>"
 BAD_CORPUS = [
     ("corrupt bytes", b"\x00\x01 definitely not an image", "corrupt", "dropped:undecodable_image"),
     ("truncated png", _encoded(_line(300, 40))[:-60], "truncated", "dropped:undecodable_image"),
@@ -58,7 +62,17 @@ BAD_CORPUS = [
     ("empty text", png_bytes(100, 40), "", "dropped:empty_text"),
     ("whitespace text", png_bytes(100, 40), " \t\n ", "dropped:empty_text"),
     ("missing text", png_bytes(100, 40), None, "dropped:missing_text"),
-    ("60,000 px wide", _encoded(_line(60_000, 40)), "a very wide line", "kept"),
+    ("60,000 px wide", _encoded(_line(60_000, 40)), "a very wide line", "dropped:too_wide"),
+    ("ruler line", _encoded(_line(30_000, 12)), "ruler", "dropped:too_wide"),  # 2,500:1
+    ("widest legal line", _encoded(_line(59 * 40, 40)), "a wide line", "kept"),  # 59:1
+    ("6 px wide", png_bytes(6, 40), "narrow", "dropped:image_too_small"),
+    ("zero-width space text", png_bytes(100, 40), "\u200b", "dropped:empty_text"),
+    (
+        "control characters",
+        png_bytes(100, 40),
+        "red\x1b[31m alert\x07 \u200bnow\u200e",
+        "kept:red alert now",
+    ),
     ("RGBA", _encoded(Image.new("RGBA", (120, 40), (0, 0, 0, 0))), "rgba", "kept"),
     (
         "16-bit",
@@ -98,9 +112,9 @@ def test_every_bad_input_has_its_expected_outcome(bad_corpus):
             expected_drops[reason] = expected_drops.get(reason, 0) + 1
     for split in ("train", "test"):
         kept = [
-            text
+            outcome.removeprefix("kept:") if outcome.startswith("kept:") else text
             for name, _, text, outcome in BAD_CORPUS
-            if outcome == "kept" and (split == "test" or name != UNSEEN)
+            if outcome.startswith("kept") and (split == "test" or name != UNSEEN)
         ]
         dropped = {reason: n for reason, n in metrics[split]["dropped_by_reason"].items() if n}
         assert dropped == expected_drops  # zero silent losses: every drop is counted
@@ -111,8 +125,13 @@ def test_every_bad_input_has_its_expected_outcome(bad_corpus):
             "café" if t == "cafe\u0301" else t for t in kept
         ]
     rows = read_split(root / "lines" / "train.parquet").to_pylist()
-    wide = next(row for row in rows if row["text"] == "a very wide line")
-    assert wide["height"] == 32 and wide["width"] == 48_000
+    wide = next(row for row in rows if row["text"] == "a wide line")
+    assert wide["height"] == 32 and wide["width"] == 59 * 32
+    assert (
+        metrics["train"]["texts_cleaned"] == 1 and metrics["train"]["chars_removed"] == 8
+    )  # ESC[31m, BEL, ZWSP, LRM
+    charset = "".join(Charset.load(root / "lines" / "charset.json").characters)
+    assert not [ch for ch in charset if unicodedata.category(ch) in ("Cc", "Cf")], charset
     for row in rows:
         image = Image.open(io.BytesIO(row["image"]))
         assert image.mode == "L" and image.height == 32
@@ -154,6 +173,7 @@ def test_bad_corpus_trains_evaluates_and_predicts(bad_corpus, tmp_path):
             "undecodable_image",
             "empty_image",
             "image_too_small",
+            "too_wide",
         }
         assert (prediction.error is not None) == image_is_bad, name
         if image_is_bad:
@@ -161,7 +181,7 @@ def test_bad_corpus_trains_evaluates_and_predicts(bad_corpus, tmp_path):
 
 
 def test_ctc_edge_cases_are_counted_not_hidden(tiny_params):
-    config = ModelConfig(tiny_params.model.architecture, "max", False, num_classes=4)
+    config = ModelConfig(tiny_params.model.architecture, "max", False, "none", num_classes=4)
     module = CRNNModule(config.to_dict(), "abc", 0.0, 1.0e-3, 0.0, 0.1)
     log_probs = torch.randn(6, 3, 4).log_softmax(-1)  # (T, B, K)
     batch = Batch(
@@ -198,7 +218,7 @@ def test_tampered_and_truncated_checkpoints_are_refused(tmp_path, tiny_params):
         load_model(tampered)
     assert not marker.exists()  # weights_only=True: the pickled code never ran
 
-    config = ModelConfig(tiny_params.model.architecture, "max", True, num_classes=4)
+    config = ModelConfig(tiny_params.model.architecture, "max", True, "none", num_classes=4)
     module = CRNNModule(config.to_dict(), "abc", 0.1, 1.0e-3, 0.0, 0.1)
     from pipeline.lit_module import save_model
 
@@ -358,3 +378,47 @@ def test_two_from_scratch_runs_give_identical_metrics(tmp_path):
     quality = [{k: v for k, v in run.items() if not k.endswith("_speed.json")} for run in runs]
     assert set(quality[0]) == {"data.json", "train.json", "evaluate.json"}
     assert quality[0] == quality[1]  # exact: CPU training is deterministic
+
+
+MEMORY_CEILING_GB = (
+    6  # the train stage on a batch of the widest legal lines needs 3-5 GB of address space here
+)
+
+
+@pytest.mark.slow
+def test_training_on_the_widest_legal_lines_stays_under_a_memory_ceiling(tmp_path):
+    """16 lines at the widest legal aspect ratio (one full batch) and a 2,500:1 ruler line:
+    pull drops the ruler, the batch budget bounds every step, and the whole train stage
+    runs in a process that may not allocate more than MEMORY_CEILING_GB. Without those
+    limits the ruler line alone (80,000 px once resized) would need ~40 GB in a batch."""
+    widest = [(_encoded(_line(59 * 40, 40)), f"wide line {i}") for i in range(16)]
+    ruler = [(_encoded(_line(30_000, 12)), "ruler")]
+    normal = [(jpeg_bytes(300, 40), f"short {i}") for i in range(4)]
+    hub = write_hub_layout(
+        tmp_path / "hub",
+        {"train": widest + ruler + normal, "validation": normal, "test": normal},
+    )
+    mapping = project_params_dict()
+    mapping["data"].update(source="hub", hub_id=str(hub), max_bad_fraction=0.1)
+    mapping["train"].update(max_epochs=1, early_stopping_patience=0)
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(mapping))
+    metrics = pull(parse_params(mapping), tmp_path / "lines", tmp_path / "data.json")
+    assert metrics["train"]["dropped_by_reason"]["too_wide"] == 1
+
+    ceiling = MEMORY_CEILING_GB * 2**30
+    script = (
+        "import resource, sys, runpy; "
+        f"resource.setrlimit(resource.RLIMIT_DATA, ({ceiling}, {ceiling})); "
+        "sys.argv = ['train'] + sys.argv[1:]; runpy.run_module('stages.train', run_name='__main__')"
+    )
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "-c", script, "--params", str(params_file),
+         "--lines", str(tmp_path / "lines"), "--model", str(out / "model.ckpt"),
+         "--checkpoints", str(out / "checkpoints"), "--live", str(out / "dvclive"),
+         "--metrics", str(out / "train.json"), "--speed", str(out / "speed.json")],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((out / "train.json").read_text())["steps"] == 2  # 16 wide + 4 short

@@ -17,6 +17,7 @@ import yaml
 
 from pipeline.charset import Charset
 from pipeline.data import decode_png, to_model_input
+from pipeline.errors import PipelineError
 from pipeline.greedy import greedy_decode
 from pipeline.lines import read_split, write_split
 from pipeline.lit_module import load_model
@@ -141,6 +142,36 @@ def test_fine_tuning_extends_the_charset(tmp_path, tiny_params, caplog):
     tuned = load_model(tmp_path / "tuned" / "models" / "model.ckpt")
     assert tuned.charset.characters == (*old.charset.characters, "§", "é")  # old ids kept
     assert tuned.model.classifier.out_features == old.model.classifier.out_features + 2
+
+
+def test_fine_tuning_takes_height_and_strides_from_params_and_refuses_misfit_weights(
+    tmp_path, tiny_params
+):
+    pull(tiny_params, tmp_path / "lines", tmp_path / "data.json")
+    base = tmp_path / "base"
+    train(tiny_params, tmp_path / "lines", **_outputs(base))
+    checkpoint = str(base / "models" / "model.ckpt")
+    taller = dataclasses.replace(
+        tiny_params.model.architecture, height=48, width_strides=(2, 1, 1, 1)
+    )
+    params = dataclasses.replace(
+        tiny_params,
+        model=dataclasses.replace(
+            tiny_params.model, presets={"cpu": taller}, input_norm="contrast"
+        ),
+        train=dataclasses.replace(tiny_params.train, init_from=checkpoint),
+    )
+    train(params, tmp_path / "lines", **_outputs(tmp_path / "tuned"))
+    tuned = load_model(tmp_path / "tuned" / "models" / "model.ckpt")
+    assert tuned.model.config.architecture == taller
+    assert tuned.model.config.input_norm == "contrast"
+
+    wider = dataclasses.replace(tiny_params.model.architecture, lstm_hidden=48)
+    misfit = dataclasses.replace(
+        params, model=dataclasses.replace(params.model, presets={"cpu": wider})
+    )
+    with pytest.raises(PipelineError, match=r"train\.init_from: the weights of .* do not fit"):
+        train(misfit, tmp_path / "lines", **_outputs(tmp_path / "misfit"))
 
 
 def _env() -> dict:
