@@ -11,7 +11,7 @@ UV := $(TOOLS)/bin/uv
 export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: setup repro test test-fast lint format clean-venv verify lock gpu-check real
+.PHONY: setup repro test test-fast lint format clean-venv verify lock gpu-check real ci-experiment ci-baseline
 
 setup: $(STAMP)
 
@@ -49,8 +49,29 @@ format: setup
 clean-venv:
 	rm -rf $(VENV) $(TOOLS)
 
+# The CI-sized experiment: the default pipeline, shrunk to ~3 min here (800 training lines,
+# 500 steps). `make ci-experiment` runs it and compares it with its committed baseline in
+# metrics/ci (a looser tolerance: a short run is more sensitive to rounding, see README);
+# `make ci-baseline` re-runs it and writes that baseline, to commit after a change that
+# moves results.
+CI_EXPERIMENT := -S synthetic.train_lines=800 -S synthetic.validation_lines=80 -S synthetic.test_lines=80 -S train.max_epochs=5 -S train.batch_size=8 -S preview.lines=2 -S preview.variants=2
+CI_TOLERANCE := 0.25
+
+ci-experiment: setup
+	PATH="$(BIN):$$PATH" dvc exp run --temp -n ci-tiny $(CI_EXPERIMENT)
+	$(BIN)/python -m pipeline.verify --expected metrics/ci --actual ci-tiny --relative $(CI_TOLERANCE)
+
+ci-baseline: setup
+	PATH="$(BIN):$$PATH" dvc exp run --temp -n ci-baseline $(CI_EXPERIMENT)
+	$(BIN)/python -m pipeline.verify --actual ci-baseline --save-to metrics/ci
+
 # Re-run the whole pipeline from scratch, then compare its quality metrics with the committed
 # ones: data exactly, CER/WER within the tolerance measured across hosts (pipeline/verify.py).
 verify: setup
 	PATH="$(BIN):$$PATH" dvc repro --force
 	$(BIN)/python -m pipeline.verify --expected HEAD --actual metrics
+
+# On a CUDA machine: bf16 training, CUDA vs flashlight beam texts, reference/default training
+# lines/s, a 1-GPU DDP smoke (bench/gpu_check.py). Exits non-zero on any failure.
+gpu-check: setup
+	PATH="$(BIN):$$PATH" python bench/gpu_check.py

@@ -167,7 +167,19 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--relative", type=float, default=RELATIVE_TOLERANCE)
     parser.add_argument("--absolute", type=float, default=ABSOLUTE_TOLERANCE)
+    parser.add_argument(
+        "--save-to",
+        type=Path,
+        help="instead of comparing, write the --actual metrics here (a new baseline to commit)",
+    )
     args = parser.parse_args(argv)
+    if args.save_to:
+        args.save_to.mkdir(parents=True, exist_ok=True)
+        for name in EXACT_FILES + TOLERANT_FILES:
+            data = read_metrics(args.actual, name)
+            (args.save_to / name).write_text(json.dumps(data, indent=2) + "\n")
+        print(f"verify: metrics of {args.actual} written to {args.save_to}")
+        return
     try:
         checks = verify(args.expected, args.actual, args.relative, args.absolute)
     except PipelineError as error:

@@ -10,11 +10,16 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pipeline.params import parse_params
 from stages.report import render
 from tests.conftest import ROOT, project_params_dict, tiny_params_dict
 from tests.test_repro import _run, dvc, make_project
+
+# train.json / evaluate.json counts that the compare recipe keeps beside CER and WER
+OTHER_RUN_COUNTS = {"epochs", "steps", "parameters", "dropped_infeasible_lines", "lines",
+                    "unknown_chars"}  # fmt: skip
 
 
 def readme_recipes() -> dict[str, list[str]]:
@@ -155,3 +160,53 @@ def test_push_to_a_local_remote_then_pull_into_a_fresh_clone(tmp_path):
     assert "Data and pipelines are up to date" in dvc(clone, "status").stdout
     metrics = json.loads((clone / "metrics" / "evaluate.json").read_text())
     assert metrics == json.loads((project / "metrics" / "evaluate.json").read_text())
+
+
+def _leaf_names(data: dict, prefix: str = "") -> list[str]:
+    names = []
+    for key, value in data.items():
+        name = f"{prefix}.{key}" if prefix else key
+        names += _leaf_names(value, name) if isinstance(value, dict) else [name]
+    return names
+
+
+def _changed(data: dict) -> dict:
+    """Every number moved, as a new run with other results would move them."""
+    return {
+        k: _changed(v) if isinstance(v, dict) else (v + 1 if isinstance(v, int | float) else v)
+        for k, v in data.items()
+    }
+
+
+def test_the_compare_recipe_shows_quality_and_params_not_speed_or_data_counts(tmp_path):
+    project = make_project(tmp_path / "project", tiny_params_dict())
+    shutil.copytree(ROOT / "metrics", project / "metrics", ignore=shutil.ignore_patterns("ci"))
+    (project / "dvc.yaml").write_text(
+        "metrics:\n"
+        + "".join(f"  - metrics/{p.name}\n" for p in sorted(ROOT.glob("metrics/*.json")))
+    )
+    _run(["git", "add", "-A"], project)
+    _run(["git", "commit", "-q", "-m", "a run"], project)
+    for path in (project / "metrics").glob("*.json"):
+        path.write_text(json.dumps(_changed(json.loads(path.read_text()))))
+    params = tiny_params_dict()
+    params["train"]["learning_rate"] = 1.0e-3
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    (line,) = readme_recipes()["compare"]
+    header = run_line(project, line).stdout.splitlines()[0]
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    quality = {
+        name
+        for file in ("train.json", "evaluate.json")
+        for name in _leaf_names(json.loads((ROOT / "metrics" / file).read_text()))
+        if name.endswith(("cer", "wer", "cer_case_insensitive", "wer_last", "cer_last"))
+    }
+    assert columns[:2] == ["Experiment", "Created"]
+    assert quality <= set(columns), header
+    assert "train.learning_rate" in columns
+    shown_metrics = [c for c in columns[2:] if c != "train.learning_rate"]
+    assert not any(c.endswith(("seconds", "_per_second", "memory_mb", "device")) for c in columns)
+    assert not any(c.endswith(("px_per_char_mean", ".dropped", "width_px.mean")) for c in columns)
+    # what is left beside CER/WER are counts that moved (epochs, steps, unknown characters)
+    assert all(c in quality or c.split(".")[-1] in OTHER_RUN_COUNTS for c in shown_metrics), header

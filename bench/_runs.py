@@ -1,0 +1,63 @@
+"""Running the real stages outside DVC, in a scratch folder, with params overridden the way
+``dvc exp run -S key=value`` does: for the bench scripts (ablations, the GPU check)."""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def params_with(overrides: dict, base: Path = ROOT / "params.yaml") -> dict:
+    """params.yaml with dotted keys (``train.batch_size``) replaced; unknown keys refused."""
+    params = yaml.safe_load(base.read_text())
+    params = copy.deepcopy(params)
+    for dotted, value in overrides.items():
+        section = params
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            section = section[key]
+        if leaf not in section:
+            raise KeyError(f"unknown params key {dotted}")
+        section[leaf] = value
+    return params
+
+
+class StageRunner:
+    """``python -m stages.<name> --params <folder>/params.yaml ...``, logged to log.txt."""
+
+    def __init__(self, folder: Path, params: dict, env: dict | None = None) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self.params_file = folder / "params.yaml"
+        self.params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+        self.env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+
+    def __call__(self, stage: str, **paths: Path | str) -> None:
+        args = [f"--{key}={value}" for key, value in paths.items()]
+        command = [sys.executable, "-m", f"stages.{stage}", f"--params={self.params_file}", *args]
+        with open(self.folder / "log.txt", "a") as log:
+            log.write(f"$ {' '.join(command)}\n")
+            log.flush()
+            subprocess.run(command, cwd=ROOT, env=self.env, check=True, stdout=log, stderr=log)
+
+    def pull(self, lines: Path) -> None:
+        self("pull", out=lines, metrics=lines.parent / f"{lines.name}-data.json")
+
+    def train(self, lines: Path) -> Path:
+        f = self.folder
+        self("train", lines=lines, model=f / "model.ckpt", checkpoints=f / "checkpoints",
+             live=f / "dvclive", metrics=f / "train.json", speed=f / "train_speed.json")  # fmt: skip
+        return f / "model.ckpt"
+
+    def evaluate(self, lines: Path, model: Path) -> None:
+        f = self.folder
+        self("evaluate", model=model, lines=lines, metrics=f / "evaluate.json",
+             speed=f / "evaluate_speed.json", predictions=f / "predictions.parquet",
+             plots=f / "plots", worst=f / "worst_lines.png")  # fmt: skip
