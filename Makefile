@@ -49,12 +49,12 @@ format: setup
 clean-venv:
 	rm -rf $(VENV) $(TOOLS)
 
-# The CI-sized experiment: the default pipeline, shrunk to ~3 min here (800 training lines,
-# 500 steps). `make ci-experiment` runs it and compares it with its committed baseline in
+# The CI-sized experiment: the default pipeline, shrunk to ~5 min here (1,600 training lines,
+# 1,200 steps). `make ci-experiment` runs it and compares it with its committed baseline in
 # metrics/ci (a looser tolerance: a short run is more sensitive to rounding, see README);
 # `make ci-baseline` re-runs it and writes that baseline, to commit after a change that
 # moves results.
-CI_EXPERIMENT := -S synthetic.train_lines=800 -S synthetic.validation_lines=80 -S synthetic.test_lines=80 -S train.max_epochs=5 -S train.batch_size=8 -S preview.lines=2 -S preview.variants=2
+CI_EXPERIMENT := -S synthetic.train_lines=1600 -S synthetic.validation_lines=100 -S synthetic.test_lines=100 -S train.max_epochs=6 -S train.batch_size=8 -S preview.lines=2 -S preview.variants=2
 CI_TOLERANCE := 0.25
 
 ci-experiment: setup
@@ -64,6 +64,20 @@ ci-experiment: setup
 ci-baseline: setup
 	PATH="$(BIN):$$PATH" dvc exp run --temp -n ci-baseline $(CI_EXPERIMENT)
 	$(BIN)/python -m pipeline.verify --actual ci-baseline --save-to metrics/ci
+
+# Training on real handwriting: `make real DATA=path/to/hub-layout-folder [NAME=...]`.
+# Fine-tunes the embedded default model (`make repro`'s, copied first: DVC removes a stage's
+# outputs before running it) on the folder's lines with the recipe below, as a `dvc exp`
+# (--temp: the workspace is left as it is), then shows its results. Chosen on poilus-b1's
+# validation split (README, "Training on real handwriting").
+REAL_RECIPE := -S data.source=hub -S data.max_bad_fraction=0.05 -S model.input_norm=contrast -S train.max_epochs=20
+NAME ?= real-$(notdir $(abspath $(DATA)))
+
+real: repro
+	@test -n "$(DATA)" || { echo "usage: make real DATA=path/to/hub-layout-folder"; exit 2; }
+	cp models/model.ckpt models/pretrained.ckpt
+	PATH="$(BIN):$$PATH" dvc exp run --temp -n $(NAME) $(REAL_RECIPE) -S data.hub_id=$(abspath $(DATA)) -S train.init_from=$(abspath models/pretrained.ckpt)
+	PATH="$(BIN):$$PATH" dvc exp show --no-pager --md --drop '.*' --keep 'Experiment|(validation|test)\.(greedy|beam|beam_lm)\.(cer|wer)$$|train_minutes|fit_seconds'
 
 # Re-run the whole pipeline from scratch, then compare its quality metrics with the committed
 # ones: data exactly, CER/WER within the tolerance measured across hosts (pipeline/verify.py).

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +28,16 @@ def params_with(overrides: dict, base: Path = ROOT / "params.yaml") -> dict:
             raise KeyError(f"unknown params key {dotted}")
         section[leaf] = value
     return params
+
+
+def makefile_overrides(variable: str) -> dict:
+    """The ``-S key=value`` settings of a Makefile variable (e.g. CI_EXPERIMENT, REAL_RECIPE),
+    their one home, as a dict for ``params_with``."""
+    for line in (ROOT / "Makefile").read_text().splitlines():
+        if line.startswith(f"{variable} :="):
+            words = shlex.split(line.split(":=", 1)[1])
+            return {k: yaml.safe_load(v) for k, v in (w.split("=", 1) for w in words if w != "-S")}
+    raise KeyError(f"Makefile: no {variable} := line")
 
 
 class StageRunner:
@@ -56,8 +67,15 @@ class StageRunner:
              live=f / "dvclive", metrics=f / "train.json", speed=f / "train_speed.json")  # fmt: skip
         return f / "model.ckpt"
 
-    def evaluate(self, lines: Path, model: Path) -> None:
+    def lm(self, lines: Path) -> Path:
+        self(
+            "lm", lines=lines, out=self.folder / "lm.json", metrics=self.folder / "lm_metrics.json"
+        )
+        return self.folder / "lm.json"
+
+    def evaluate(self, lines: Path, model: Path, lm: Path | None = None) -> None:
         f = self.folder
-        self("evaluate", model=model, lines=lines, metrics=f / "evaluate.json",
+        extra = {"lm": lm} if lm else {}
+        self("evaluate", model=model, **extra, lines=lines, metrics=f / "evaluate.json",
              speed=f / "evaluate_speed.json", predictions=f / "predictions.parquet",
              plots=f / "plots", worst=f / "worst_lines.png")  # fmt: skip

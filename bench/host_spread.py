@@ -14,35 +14,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 from pathlib import Path
 
-from _runs import ROOT, StageRunner, params_with  # bench/ is on the path of its scripts
+from _runs import (  # bench/ is on the path of its scripts
+    ROOT,
+    StageRunner,
+    makefile_overrides,
+    params_with,
+)
 
 KERNELS = {
     "native": {},
     "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"},
     "avx512": {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE", "MKL_CBWR": "AVX512"},
 }
-
-
-def ci_overrides() -> dict:
-    """The CI experiment's ``-S`` settings, read from the Makefile (their one home)."""
-    for line in (ROOT / "Makefile").read_text().splitlines():
-        if line.startswith("CI_EXPERIMENT :="):
-            words = shlex.split(line.split(":=", 1)[1])
-            pairs = [w.split("=", 1) for w in words if w != "-S"]
-            return {key: _parse(value) for key, value in pairs}
-    raise SystemExit("Makefile: no CI_EXPERIMENT line")
-
-
-def _parse(value: str):
-    for kind in (int, float):
-        try:
-            return kind(value)
-        except ValueError:
-            pass
-    return value
 
 
 def spread(expected: dict, actual: dict) -> float:
@@ -73,7 +58,7 @@ def main() -> None:
     from pipeline.verify import render, verify
 
     expected = ROOT / ("metrics" if args.run == "default" else "metrics/ci")
-    overrides = {} if args.run == "default" else ci_overrides()
+    overrides = {} if args.run == "default" else makefile_overrides("CI_EXPERIMENT")
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
     for kernel in args.kernels:
         run = StageRunner(

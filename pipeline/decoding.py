@@ -3,6 +3,8 @@
 - ``greedy``: best path, vectorized torch (``pipeline/greedy.py``).
 - ``beam``: lexicon-free prefix beam search, torchaudio's flashlight ``ctc_decoder`` for CPU
   tensors and ``cuda_ctc_decoder`` for tensors on a GPU.
+- ``beam_lm``: the same flashlight search, scored with a character n-gram
+  (``pipeline/charlm.py``); on the CPU always (the CUDA decoder takes no language model).
 
 Class 0 is the CTC blank; class i > 0 is ``charset.characters[i - 1]``.
 """
@@ -14,6 +16,7 @@ from typing import Protocol
 
 import torch
 
+from pipeline.charlm import CharNgram, flashlight_lm
 from pipeline.charset import BLANK_ID, Charset
 from pipeline.greedy import Hypothesis, greedy_decode
 from pipeline.params import EvaluateParams
@@ -44,15 +47,24 @@ class BeamDecoder:
     """Prefix beam search; on CPU, ``beam_size_token`` and ``beam_threshold`` prune hard
     (untuned, flashlight was ~100x slower here, shared/README.md)."""
 
-    name = "beam"
-
     def __init__(
-        self, charset: Charset, beam_width: int, beam_size_token: int, beam_threshold: float
+        self,
+        charset: Charset,
+        beam_width: int,
+        beam_size_token: int,
+        beam_threshold: float,
+        lm: CharNgram | None = None,
+        lm_weight: float = 0.0,
+        lm_char_bonus: float = 0.0,
     ) -> None:
         self.charset = charset
         self.beam_width = beam_width
         self.beam_size_token = beam_size_token
         self.beam_threshold = beam_threshold
+        self.lm = lm
+        self.lm_weight = lm_weight
+        self.lm_char_bonus = lm_char_bonus
+        self.name = "beam" if lm is None else "beam_lm"
         self._cpu = None
         self._cuda = None
 
@@ -61,10 +73,14 @@ class BeamDecoder:
             from torchaudio.models.decoder import ctc_decoder
 
             tokens = [BLANK_TOKEN, *self.charset.characters, SILENCE_TOKEN]
+            lm = None
+            if self.lm is not None:
+                lm = flashlight_lm(self.lm, tokens, self.lm_char_bonus, self.lm_weight)
             self._cpu = ctc_decoder(
                 lexicon=None,
                 tokens=tokens,
-                lm=None,
+                lm=lm,
+                lm_weight=self.lm_weight,
                 nbest=1,
                 beam_size=self.beam_width,
                 beam_size_token=self.beam_size_token or None,
@@ -87,7 +103,7 @@ class BeamDecoder:
         return self._cuda
 
     def __call__(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[Hypothesis]:
-        if log_probs.is_cuda:
+        if log_probs.is_cuda and self.lm is None:
             return self._decode_cuda(log_probs, lengths)
         return self._decode_cpu(log_probs, lengths)
 
@@ -116,10 +132,17 @@ class BeamDecoder:
         ]
 
 
-def build_decoders(charset: Charset, params: EvaluateParams) -> dict[str, Decoder]:
-    return {
+def build_decoders(
+    charset: Charset, params: EvaluateParams, lm: CharNgram | None = None
+) -> dict[str, Decoder]:
+    """greedy and beam; and beam_lm when a language model is given."""
+    beam = (params.beam_width, params.beam_size_token, params.beam_threshold)
+    decoders: dict[str, Decoder] = {
         "greedy": GreedyDecoder(charset),
-        "beam": BeamDecoder(
-            charset, params.beam_width, params.beam_size_token, params.beam_threshold
-        ),
+        "beam": BeamDecoder(charset, *beam),
     }
+    if lm is not None:
+        decoders["beam_lm"] = BeamDecoder(
+            charset, *beam, lm=lm, lm_weight=params.lm_weight, lm_char_bonus=params.lm_char_bonus
+        )
+    return decoders

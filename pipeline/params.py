@@ -270,6 +270,8 @@ class EvaluateParams:
     beam_threshold: float  # prune hypotheses this far (log-prob) below the best
     worst_lines: int  # lines shown in the worst-lines picture
     max_batch_pixels: int  # padded pixels per batch (B x H x W_max) when reading lines
+    lm_weight: float  # beam_lm: weight of the character LM's log-prob
+    lm_char_bonus: float  # beam_lm: log-prob bonus per character (balances the LM's pull to short)
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "beam_width", "max_batch_pixels"):
@@ -285,6 +287,15 @@ class EvaluateParams:
                 f"must be >= 0, got {getattr(self, name)}",
             )
         _require(self.beam_threshold > 0, "evaluate.beam_threshold", "must be > 0")
+        _require(self.lm_weight >= 0, "evaluate.lm_weight", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class LmParams:
+    order: int  # characters of context + 1 (5: four characters of context)
+
+    def __post_init__(self) -> None:
+        _require(self.order >= 1, "lm.order", f"must be >= 1, got {self.order}")
 
 
 @dataclass(frozen=True)
@@ -296,6 +307,7 @@ class Params:
     preview: PreviewParams
     model: ModelParams
     train: TrainParams
+    lm: LmParams
     evaluate: EvaluateParams
 
     def __post_init__(self) -> None:

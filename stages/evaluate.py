@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 from torchmetrics.functional.text import char_error_rate
 from tqdm import tqdm
 
+from pipeline.charlm import CharNgram
 from pipeline.data import LineDataset, WidthBucketBatches, collate, decode_png
 from pipeline.decoding import build_decoders
 from pipeline.lines import atomic_write_text
@@ -51,10 +52,14 @@ def device_for() -> torch.device:
 
 
 def decode_split(
-    module: CRNNModule, dataset: LineDataset, params: Params, device: torch.device
+    module: CRNNModule,
+    dataset: LineDataset,
+    params: Params,
+    device: torch.device,
+    lm: CharNgram | None = None,
 ) -> SplitResult:
     """Run the network once per line and decode its output with every decoder."""
-    decoders = build_decoders(module.charset, params.evaluate)
+    decoders = build_decoders(module.charset, params.evaluate, lm)
     batches = WidthBucketBatches(
         dataset.widths,
         params.evaluate.batch_size,
@@ -130,6 +135,17 @@ def prediction_rows(split: str, result: SplitResult) -> list[dict]:
                 "beam": beam,
                 "greedy_cer": round(float(char_error_rate(greedy, truth)), 6),
                 "beam_cer": round(float(char_error_rate(beam, truth)), 6),
+                **{
+                    key: value
+                    for name in result.texts.keys() - {"greedy", "beam"}
+                    for key, value in (
+                        (name, result.texts[name][i]),
+                        (
+                            f"{name}_cer",
+                            round(float(char_error_rate(result.texts[name][i], truth)), 6),
+                        ),
+                    )
+                },
                 "beam_score": round(score, 4),
                 # geometric mean of the per-frame probability of the beam's path
                 "confidence": round(float(torch.tensor(score / max(result.frames[i], 1)).exp()), 4),
@@ -193,6 +209,7 @@ def draw_worst_lines(rows: list[dict], dataset: LineDataset, count: int) -> Imag
 def evaluate(
     params: Params,
     model_path: Path,
+    lm_path: Path | None,
     lines_dir: Path,
     metrics_path: Path,
     speed_path: Path,
@@ -202,6 +219,7 @@ def evaluate(
 ) -> dict:
     device = device_for()
     module = load_model(model_path).to(device)
+    lm = CharNgram.load(lm_path) if lm_path else None
     height = module.model.config.architecture.height
     metrics: dict = {}
     rows: list[dict] = []
@@ -210,7 +228,7 @@ def evaluate(
     results = {}
     for split in SPLITS:
         dataset = LineDataset(lines_dir / f"{split}.parquet", module.charset, height)
-        results[split] = result = decode_split(module, dataset, params, device)
+        results[split] = result = decode_split(module, dataset, params, device, lm)
         metrics[split] = split_metrics(result)
         rows += prediction_rows(split, result)
         for name, value in result.seconds.items():
@@ -264,6 +282,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--model", type=Path, default=Path("models/model.ckpt"))
+    parser.add_argument(
+        "--lm", type=Path, default=None, help="character LM (models/lm.json): adds beam_lm"
+    )
     parser.add_argument("--lines", type=Path, default=Path("data/lines"))
     parser.add_argument("--metrics", type=Path, default=Path("metrics/evaluate.json"))
     parser.add_argument("--speed", type=Path, default=Path("metrics/evaluate_speed.json"))
@@ -276,6 +297,7 @@ def main(argv: list[str] | None = None) -> None:
         lambda: evaluate(
             load_params(args.params),
             args.model,
+            args.lm,
             args.lines,
             args.metrics,
             args.speed,

@@ -23,8 +23,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import torch
 
+from pipeline.charlm import CharNgram
 from pipeline.data import collate, decode_png, to_model_input
 from pipeline.decoding import build_decoders
+from pipeline.errors import PipelineError
 from pipeline.lines import BadRow, normalize_image
 from pipeline.lit_module import load_model
 from pipeline.params import load_params
@@ -89,12 +91,16 @@ def predict(
     decoder_name: str,
     params_path: Path,
     batch_size: int,
+    lm_path: Path | None = None,
 ) -> list[Prediction]:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     module = load_model(model_path).to(device)
     height = module.model.config.architecture.height
     params = load_params(params_path)
-    decoder = build_decoders(module.charset, params.evaluate)[decoder_name]
+    if decoder_name == "beam_lm" and lm_path is None:
+        raise PipelineError("--decoder beam_lm needs --lm (the lm stage writes models/lm.json)")
+    lm = CharNgram.load(lm_path) if lm_path else None
+    decoder = build_decoders(module.charset, params.evaluate, lm)[decoder_name]
     predictions: list[Prediction] = []
     pending: list[tuple[str, torch.Tensor]] = []
 
@@ -160,7 +166,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "inputs", type=Path, nargs="+", help="image files, folders or parquet files"
     )
-    parser.add_argument("--decoder", choices=["greedy", "beam"], default="beam")
+    parser.add_argument("--decoder", choices=["greedy", "beam", "beam_lm"], default="beam")
+    parser.add_argument("--lm", type=Path, help="character LM for beam_lm (models/lm.json)")
     parser.add_argument("--format", choices=["text", "csv", "json"], default="text")
     parser.add_argument("-o", "--output", type=Path, help="write here instead of stdout")
     parser.add_argument(
@@ -174,7 +181,9 @@ def main(argv: list[str] | None = None) -> None:
 
     def work() -> None:
         nonlocal failed
-        predictions = predict(args.model, args.inputs, args.decoder, args.params, args.batch_size)
+        predictions = predict(
+            args.model, args.inputs, args.decoder, args.params, args.batch_size, args.lm
+        )
         for prediction in predictions:
             if prediction.error is not None:
                 failed += 1

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torchmetrics.text import CharErrorRate, WordErrorRate
 
+from pipeline.charlm import BOS, CharNgram
 from pipeline.charset import Charset
 from pipeline.decoding import BeamDecoder, GreedyDecoder, build_decoders
 from pipeline.greedy import greedy_ids
@@ -101,3 +102,37 @@ def test_cer_and_wer_against_hand_computed_values():
     assert WordErrorRate()(predictions, truths).item() == pytest.approx(2 / 4)
     # corpus-level, not the mean of per-line rates (1/7 and 1/5 average to 0.171)
     assert CharErrorRate()(predictions, truths).item() != pytest.approx((1 / 7 + 1 / 5) / 2)
+
+
+def test_witten_bell_probabilities_by_hand():
+    model = CharNgram.fit(["ab"], order=2)
+    # unigram context: a, b and EOS once each (3 types, 3 tokens); unseen mass uniform 1/4
+    assert math.exp(model.log_prob("", "a")) == pytest.approx((1 + 3 / 4) / (3 + 3))
+    # after BOS only "a" was seen (1 type, 1 token): half its own count, half the unigram
+    assert math.exp(model.log_prob(BOS, "a")) == pytest.approx((1 + 1.75 / 6) / 2)
+    # an unseen character: 3 types x 1/4 of the unigram's mass, then half of that after BOS
+    assert math.exp(model.log_prob(BOS, "z")) == pytest.approx((0 + 0.75 / 6) / 2)
+
+
+def test_the_language_model_breaks_an_acoustic_tie():
+    # frames: "a", then "b" or "c" at exactly even odds; the LM has only ever read "ab"
+    charset = Charset(tuple("abc"))
+    log_probs = torch.full((3, 1, charset.num_classes), -1e4)
+    log_probs[0, 0, charset.encode("a")[0]] = 0.0
+    log_probs[1, 0, charset.encode("b")[0]] = math.log(0.5)
+    log_probs[1, 0, charset.encode("c")[0]] = math.log(0.5)
+    log_probs[2, 0, 0] = 0.0  # blank
+    lengths = torch.tensor([3])
+    lm = CharNgram.fit(["ab"] * 5, order=3)
+    with_lm = BeamDecoder(charset, 10, 0, 1000.0, lm=lm, lm_weight=1.0, lm_char_bonus=0.0)
+    assert with_lm.name == "beam_lm"
+    assert with_lm(log_probs, lengths)[0].text == "ab"
+    lm_c = CharNgram.fit(["ac"] * 5, order=3)
+    other = BeamDecoder(charset, 10, 0, 1000.0, lm=lm_c, lm_weight=1.0, lm_char_bonus=0.0)
+    assert other(log_probs, lengths)[0].text == "ac"
+
+
+def test_build_decoders_adds_beam_lm_with_a_language_model(tiny_params):
+    decoders = build_decoders(CHARSET, tiny_params.evaluate, CharNgram.fit(["abc"], 3))
+    assert set(decoders) == {"greedy", "beam", "beam_lm"}
+    assert decoders["beam_lm"].lm_weight == tiny_params.evaluate.lm_weight

@@ -11,6 +11,7 @@ from PIL import Image
 
 from pipeline.lines import read_split, write_split
 from stages.evaluate import evaluate
+from stages.lm import build_lm
 from stages.predict import format_predictions, predict
 from stages.pull import pull
 from stages.train import train
@@ -38,10 +39,11 @@ def trained(tmp_path_factory):
     return params, root
 
 
-def _evaluate(params, root, out):
+def _evaluate(params, root, out, lm=None):
     return evaluate(
         params,
         root / "model.ckpt",
+        lm,
         root / "lines",
         out / "evaluate.json",
         out / "speed.json",
@@ -146,3 +148,15 @@ def test_predict_command_exits_non_zero_but_reads_the_rest(trained, tmp_path):
     assert f"[predict] error: {bad}: undecodable_image" in result.stderr
     assert "1 of 2 input(s) could not be read" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_beam_lm_is_scored_beside_greedy_and_beam(trained, tmp_path):
+    params, root = trained
+    build_lm(params, root / "lines", root / "lm.json", root / "lm_metrics.json")
+    lm_metrics = json.loads((root / "lm_metrics.json").read_text())
+    assert lm_metrics["order"] == params.lm.order and lm_metrics["validation_bits_per_char"] > 0
+    metrics = _evaluate(params, root, tmp_path, lm=root / "lm.json")
+    for split in ("validation", "test"):
+        assert set(metrics[split]["beam_lm"]) == {"cer", "wer", "cer_case_insensitive"}
+    rows = pq.read_table(tmp_path / "predictions.parquet").to_pylist()
+    assert {"beam_lm", "beam_lm_cer"} <= set(rows[0])

@@ -210,3 +210,15 @@ def test_the_compare_recipe_shows_quality_and_params_not_speed_or_data_counts(tm
     assert not any(c.endswith(("px_per_char_mean", ".dropped", "width_px.mean")) for c in columns)
     # what is left beside CER/WER are counts that moved (epochs, steps, unknown characters)
     assert all(c in quality or c.split(".")[-1] in OTHER_RUN_COUNTS for c in shown_metrics), header
+
+
+@pytest.mark.parametrize("variable", ["CI_EXPERIMENT", "REAL_RECIPE"])
+def test_makefile_recipes_set_valid_params(variable, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    from _runs import makefile_overrides, params_with
+
+    overrides = makefile_overrides(variable)
+    assert overrides, variable
+    params = parse_params(params_with(overrides), f"Makefile {variable}")
+    if variable == "REAL_RECIPE":
+        assert params.data.source == "hub"  # the folder and the checkpoint come from `make real`

@@ -1,0 +1,85 @@
+"""Tune beam_lm on a validation split: the network runs once, then every (lm_weight,
+lm_char_bonus) pair decodes the same log-probs. Choose on validation, never on test.
+
+    python bench/lm_grid.py models/model.ckpt models/lm.json data/lines --split validation
+
+Prints CER/WER per pair (beam without LM first) and lines/s of each decoder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torchmetrics.functional.text import char_error_rate, word_error_rate
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from pipeline.charlm import CharNgram
+from pipeline.data import LineDataset, WidthBucketBatches, collate
+from pipeline.decoding import BeamDecoder, GreedyDecoder
+from pipeline.lit_module import load_model
+from pipeline.params import load_params
+
+
+def log_probs_of(model_path: Path, lines: Path, split: str):
+    module = load_model(model_path)
+    dataset = LineDataset(
+        lines / f"{split}.parquet", module.charset, module.model.config.architecture.height
+    )
+    batches = []
+    with torch.no_grad():
+        for indices in WidthBucketBatches(dataset.widths, 32, shuffle=False, seed=0):
+            batch = collate([dataset[i] for i in indices])
+            log_probs, _ = module.model(batch.images, batch.widths)  # (T, B, K)
+            batches.append((log_probs, module.model.output_lengths(batch.widths), batch.texts))
+    return module.charset, batches
+
+
+def score(decoder, batches) -> tuple[float, float, float]:
+    texts, truths = [], []
+    start = time.perf_counter()
+    for log_probs, lengths, truth in batches:
+        texts += [h.text for h in decoder(log_probs, lengths)]
+        truths += truth
+    seconds = time.perf_counter() - start
+    return (
+        float(char_error_rate(texts, truths)),
+        float(word_error_rate(texts, truths)),
+        len(truths) / seconds,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("model", type=Path)
+    parser.add_argument("lm", type=Path)
+    parser.add_argument("lines", type=Path)
+    parser.add_argument("--split", default="validation")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--weights", type=float, nargs="+", default=[0.25, 0.5, 0.75, 1.0])
+    parser.add_argument("--bonuses", type=float, nargs="+", default=[0.0, 0.5, 1.0, 1.5])
+    args = parser.parse_args()
+    params = load_params(args.params).evaluate
+    charset, batches = log_probs_of(args.model, args.lines, args.split)
+    lm = CharNgram.load(args.lm)
+    beam = (params.beam_width, params.beam_size_token, params.beam_threshold)
+    print(f"| decoder | lm_weight | lm_char_bonus | {args.split} CER | WER | lines/s |")
+    print("|---|---|---|---|---|---|")
+    cer, wer, speed = score(GreedyDecoder(charset), batches)
+    print(f"| greedy | | | {cer:.4f} | {wer:.4f} | {speed:.0f} |")
+    cer, wer, speed = score(BeamDecoder(charset, *beam), batches)
+    print(f"| beam | | | {cer:.4f} | {wer:.4f} | {speed:.0f} |", flush=True)
+    for weight, bonus in itertools.product(args.weights, args.bonuses):
+        decoder = BeamDecoder(charset, *beam, lm=lm, lm_weight=weight, lm_char_bonus=bonus)
+        cer, wer, speed = score(decoder, batches)
+        print(f"| beam_lm | {weight} | {bonus} | {cer:.4f} | {wer:.4f} | {speed:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

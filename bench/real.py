@@ -1,0 +1,115 @@
+"""Ablations on real handwriting: each run is params.yaml + a few overrides, run through the
+real stages (pull -> train -> evaluate) on a hub-layout folder, in a scratch folder.
+
+    python bench/real.py ../shared/data/poilus-b1 --runs baseline h64 --out bench/results/real.json
+
+Runs are named in RUNS below (dotted params keys -> values). Pulled lines are shared
+between runs of the same data height. Results (validation and test CER/WER per decoder,
+minutes of training) are appended to ``--out`` and printed as a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from _runs import ROOT, StageRunner, params_with  # bench/ is on the path of its scripts
+
+
+def _h(height: int, px_per_frame: int) -> dict:
+    """A cpu-preset encoder for lines ``height`` px high with ``px_per_frame``."""
+    first = px_per_frame // 2  # the stem halves the width already
+    widths = [first, 1, 1, 1] if first > 1 else [1, 1, 1, 1]
+    height_strides = {32: [2, 2, 2, 1], 48: [2, 2, 2, 1], 64: [2, 2, 2, 2]}[height]
+    return {
+        "data.height": height,
+        "model.presets.cpu.height": height,
+        "model.presets.cpu.height_strides": height_strides,
+        "model.presets.cpu.width_strides": widths,
+    }
+
+
+HUB = {"data.source": "hub", "data.max_bad_fraction": 0.05}
+
+NORM = {"model.input_norm": "contrast"}
+PRETRAINED = {"train.init_from": "/tmp/exp/synthetic_default.ckpt"}  # `make repro`'s model
+
+RUNS: dict[str, dict] = {
+    "baseline": {**HUB, "train.max_epochs": 12},
+    "scratch32-b8-e20": {**HUB, "train.batch_size": 8, "train.max_epochs": 20},
+    "ft32-e20": {**HUB, **PRETRAINED, "train.max_epochs": 20},
+    "h64": {**HUB, **_h(64, 4), "train.max_epochs": 12},
+    "ft64-norm-e12": {**HUB, **PRETRAINED, **_h(64, 4), **NORM, "train.max_epochs": 12},
+    "ft32-norm-e20": {**HUB, **PRETRAINED, **NORM, "train.max_epochs": 20},
+}
+
+
+def run_one(name: str, overrides: dict, data: Path, work: Path) -> dict:
+    params = params_with({**overrides, "data.hub_id": str(data.resolve())})
+    run = StageRunner(work / name, params)
+    lines = work / f"lines-h{params['data']['height']}"
+    if not (lines / "charset.json").exists():
+        run.pull(lines)
+    model = run.train(lines)
+    run.evaluate(lines, model, run.lm(lines))
+    evaluation = json.loads((run.folder / "evaluate.json").read_text())
+    speed = json.loads((run.folder / "train_speed.json").read_text())
+    trained = json.loads((run.folder / "train.json").read_text())
+    return {
+        "name": name,
+        "overrides": overrides,
+        "train_minutes": round(speed["fit_seconds"] / 60, 1),
+        "epochs": trained["epochs"],
+        "parameters": trained["parameters"],
+        **{
+            f"{split}_{decoder}_{m}": evaluation[split][decoder][m]
+            for split in ("validation", "test")
+            for decoder in evaluation[split]
+            if isinstance(evaluation[split][decoder], dict)
+            for m in ("cer", "wer")
+        },
+    }
+
+
+def table(results: list[dict]) -> str:
+    rows = [
+        "| run | val CER greedy / beam / beam+LM | test CER greedy / beam / beam+LM "
+        "| test WER beam+LM | minutes | epochs |",
+        "|---|---|---|---|---|---|",
+    ]
+
+    def cers(r: dict, split: str) -> str:
+        return " / ".join(
+            f"{r[f'{split}_{d}_cer']:.4f}" if f"{split}_{d}_cer" in r else "—"
+            for d in ("greedy", "beam", "beam_lm")
+        )
+
+    for r in results:
+        wer = r.get("test_beam_lm_wer", r["test_beam_wer"])
+        rows.append(
+            f"| {r['name']} | {cers(r, 'validation')} | {cers(r, 'test')} | {wer:.3f} | "
+            f"{r['train_minutes']} | {r['epochs']} |"
+        )
+    return "\n".join(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("data", type=Path, help="a hub-layout folder of real lines")
+    parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
+    parser.add_argument("--work", type=Path, default=Path("/tmp/htr-real"))
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "real.json")
+    args = parser.parse_args()
+    results = json.loads(args.out.read_text()) if args.out.exists() else []
+    for name in args.runs:
+        result = run_one(name, RUNS[name], args.data, args.work)
+        results = [r for r in results if r["name"] != name] + [result]
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=1) + "\n")
+        print(table([result]), flush=True)
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()

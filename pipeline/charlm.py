@@ -1,0 +1,143 @@
+"""A character n-gram language model for the beam search, built from training text only.
+
+Witten-Bell interpolation: each context backs off to its one-character-shorter suffix, in
+proportion to how many different characters followed it; the last resort is uniform over
+the vocabulary. Lines start with ``BOS`` context and end with ``EOS``, so the model knows
+how lines begin and end. Small and exact: counts in a JSON file, probabilities computed
+on demand and memoized.
+
+``FlashlightCharLM`` plugs it into torchaudio's flashlight ``ctc_decoder`` (whose wheel
+here has no KenLM): the decoder asks for the score of each token a hypothesis grows by.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from functools import lru_cache
+from pathlib import Path
+
+from pipeline.errors import PipelineError
+
+# Control characters never occur in line text (pull removes them), so they can mark the
+# start and the end of a line.
+BOS = "\x02"
+EOS = "\x03"
+FORMAT = "htr-pipeline-char-ngram"
+
+
+class LanguageModelError(PipelineError):
+    pass
+
+
+class CharNgram:
+    def __init__(self, order: int, counts: dict[str, dict[str, int]]) -> None:
+        if order < 1:
+            raise LanguageModelError(f"order must be >= 1, got {order}")
+        self.order = order
+        self.counts = counts  # context (0..order-1 chars) -> next char -> count
+        self.vocabulary = sorted({c for following in counts.values() for c in following})
+        self._totals = {h: sum(f.values()) for h, f in counts.items()}
+        self._types = {h: len(f) for h, f in counts.items()}
+        self.log_prob = lru_cache(maxsize=1_000_000)(self._log_prob)
+
+    @classmethod
+    def fit(cls, texts: Iterable[str], order: int) -> CharNgram:
+        counts: dict[str, Counter[str]] = defaultdict(Counter)
+        for text in texts:
+            padded = BOS * (order - 1) + text + EOS
+            for i in range(order - 1, len(padded)):
+                for n in range(order):  # contexts of 0 .. order-1 characters
+                    counts[padded[i - n : i]][padded[i]] += 1
+        return cls(order, {h: dict(f) for h, f in counts.items()})
+
+    def _probability(self, context: str, char: str) -> float:
+        if not context:
+            following = self.counts.get("", {})
+            total, types = self._totals.get("", 0), self._types.get("", 0)
+            uniform = 1.0 / (len(self.vocabulary) + 1)  # +1: a character never seen
+            return (following.get(char, 0) + types * uniform) / (total + types)
+        lower = self._probability(context[1:], char)
+        following = self.counts.get(context)
+        if not following:
+            return lower
+        total, types = self._totals[context], self._types[context]
+        return (following.get(char, 0) + types * lower) / (total + types)
+
+    def _log_prob(self, context: str, char: str) -> float:
+        """log P(char | the last order-1 characters of ``context``)."""
+        return math.log(
+            self._probability(context[-(self.order - 1) :] if self.order > 1 else "", char)
+        )
+
+    def start_context(self) -> str:
+        return BOS * (self.order - 1)
+
+    def bits_per_char(self, texts: Sequence[str]) -> float:
+        """Cross-entropy on ``texts`` (EOS included), in bits per character."""
+        total, chars = 0.0, 0
+        for text in texts:
+            context = self.start_context()
+            for char in text + EOS:
+                total -= self.log_prob(context, char)
+                context = (context + char)[-(self.order - 1) :] if self.order > 1 else ""
+                chars += 1
+        return total / max(chars, 1) / math.log(2)
+
+    def save(self, path: Path) -> None:
+        payload = {"format": FORMAT, "order": self.order, "counts": self.counts}
+        Path(path).write_text(json.dumps(payload, ensure_ascii=False, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> CharNgram:
+        try:
+            payload = json.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise LanguageModelError(f"{path}: no language model (run `dvc repro lm`)") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise LanguageModelError(f"{path}: not a language model file ({error})") from None
+        if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+            raise LanguageModelError(f"{path}: not a {FORMAT} file")
+        return cls(int(payload["order"]), payload["counts"])
+
+
+def flashlight_lm(model: CharNgram, tokens: Sequence[str], char_bonus: float, lm_weight: float):
+    """A torchaudio ``CTCDecoderLM`` scoring ``tokens`` (the decoder's token list) with
+    ``model``. Tokens that are not characters (blank, silence) score as the line's end.
+
+    The decoder adds ``lm_weight`` x this score to a hypothesis per token; ``char_bonus`` is
+    added per character (divided by ``lm_weight`` here, so it is a plain log-prob bonus)
+    to balance the LM's preference for short texts.
+    """
+    from torchaudio.models.decoder import CTCDecoderLM, CTCDecoderLMState
+
+    bonus = char_bonus / lm_weight if lm_weight else 0.0
+    keep = max(model.order - 1, 0)
+
+    class FlashlightCharLM(CTCDecoderLM):
+        def __init__(self) -> None:
+            CTCDecoderLM.__init__(self)
+            self.contexts: dict = {}
+
+        def start(self, start_with_nothing: bool) -> CTCDecoderLMState:
+            self.contexts.clear()  # one line at a time: forget the last line's states
+            state = CTCDecoderLMState()
+            self.contexts[state] = model.start_context()
+            return state
+
+        def score(self, state: CTCDecoderLMState, token_index: int):
+            char = tokens[token_index]
+            context = self.contexts[state]
+            child = state.child(token_index)
+            if child not in self.contexts:
+                self.contexts[child] = (context + char)[-keep:] if keep else ""
+            if len(char) != 1:
+                return child, model.log_prob(context, EOS)
+            return child, model.log_prob(context, char) + bonus
+
+        def finish(self, state: CTCDecoderLMState):
+            return state, model.log_prob(self.contexts[state], EOS)
+
+    return FlashlightCharLM()
