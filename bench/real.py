@@ -1,7 +1,8 @@
 """Ablations on real handwriting: each run is params.yaml + a few overrides, run through the
 real stages (pull -> train -> evaluate) on a hub-layout folder, in a scratch folder.
 
-    python bench/real.py ../shared/data/poilus-b1 --runs baseline h64 --out bench/results/real.json
+    cp models/model.ckpt models/pretrained.ckpt      # after `make repro`, as `make real` does
+    python bench/real.py ../shared/data/poilus-b1 --runs recipe recipe-scratch
 
 Runs are named in RUNS below (dotted params keys -> values). Pulled lines are shared
 between runs of the same data height. Results (validation and test CER/WER per decoder,
@@ -14,34 +15,28 @@ import argparse
 import json
 from pathlib import Path
 
-from _runs import ROOT, StageRunner, params_with  # bench/ is on the path of its scripts
-
-
-def _h(height: int, px_per_frame: int) -> dict:
-    """A cpu-preset encoder for lines ``height`` px high with ``px_per_frame``."""
-    first = px_per_frame // 2  # the stem halves the width already
-    widths = [first, 1, 1, 1] if first > 1 else [1, 1, 1, 1]
-    height_strides = {32: [2, 2, 2, 1], 48: [2, 2, 2, 1], 64: [2, 2, 2, 2]}[height]
-    return {
-        "data.height": height,
-        "model.presets.cpu.height": height,
-        "model.presets.cpu.height_strides": height_strides,
-        "model.presets.cpu.width_strides": widths,
-    }
-
+from _runs import (  # bench/ is on the path of its scripts
+    ROOT,
+    StageRunner,
+    makefile_overrides,
+    params_with,
+)
 
 HUB = {"data.source": "hub", "data.max_bad_fraction": 0.05}
-
+H64 = {"data.height": 64, "model.preset": "cpu64"}
 NORM = {"model.input_norm": "contrast"}
-PRETRAINED = {"train.init_from": "/tmp/exp/synthetic_default.ckpt"}  # `make repro`'s model
+# `make repro`'s model; `make real` copies it to models/pretrained.ckpt the same way
+PRETRAINED = {"train.init_from": str(ROOT / "models" / "pretrained.ckpt")}
+RECIPE = makefile_overrides("REAL_RECIPE")
 
+# one row per change; each is params.yaml plus these
 RUNS: dict[str, dict] = {
-    "baseline": {**HUB, "train.max_epochs": 12},
     "scratch32-b8-e20": {**HUB, "train.batch_size": 8, "train.max_epochs": 20},
+    "issue-baseline": {**HUB, **PRETRAINED},  # the issue's command: default params, 8 epochs
     "ft32-e20": {**HUB, **PRETRAINED, "train.max_epochs": 20},
-    "h64": {**HUB, **_h(64, 4), "train.max_epochs": 12},
-    "ft64-norm-e12": {**HUB, **PRETRAINED, **_h(64, 4), **NORM, "train.max_epochs": 12},
-    "ft32-norm-e20": {**HUB, **PRETRAINED, **NORM, "train.max_epochs": 20},
+    "ft64-norm-e12": {**HUB, **PRETRAINED, **H64, **NORM, "train.max_epochs": 12},
+    "recipe": {**RECIPE, **PRETRAINED},
+    "recipe-scratch": RECIPE,  # the same epochs and time, from random weights
 }
 
 

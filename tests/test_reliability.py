@@ -151,6 +151,7 @@ def test_bad_corpus_trains_evaluates_and_predicts(bad_corpus, tmp_path):
     metrics = evaluate(
         params,
         tmp_path / "model.ckpt",
+        None,
         root / "lines",
         *reports,
         tmp_path / "plots",
