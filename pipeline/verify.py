@@ -64,11 +64,17 @@ def resolve_rev(name: str) -> str:
     """A git revision, or the name of a ``dvc exp`` (its ref under refs/exps)."""
     if _git("rev-parse", "--verify", "--quiet", f"{name}^{{commit}}").returncode == 0:
         return name
-    refs = _git("for-each-ref", "--format=%(refname)", "refs/exps").stdout.split()
+    # dvc keeps an experiment at refs/exps/<baseline[:2]>/<baseline[2:]>/<name>; the same
+    # name may exist for several baselines: HEAD's first (as dvc resolves it), else the newest
+    head = _git("rev-parse", "HEAD").stdout.strip()
+    refs = _git(
+        "for-each-ref", "--sort=-committerdate", "--format=%(refname)", "refs/exps"
+    ).stdout.split()
     matches = [ref for ref in refs if ref.rsplit("/", 1)[-1] == name]
     if not matches:
         raise VerifyError(f"{name}: neither a git revision nor a dvc experiment")
-    return matches[-1]
+    of_head = f"refs/exps/{head[:2]}/{head[2:]}/{name}"
+    return of_head if of_head in matches else matches[0]
 
 
 def read_metrics(source: str, name: str) -> dict:

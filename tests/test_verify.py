@@ -101,8 +101,13 @@ def test_metrics_are_read_from_revisions_and_dvc_experiment_refs(tmp_path, monke
     _write(repo / "metrics", train={**TRAIN, "epochs": 2})
     _git(repo, "commit", "-qam", "experiment")
     _git(repo, "update-ref", f"refs/exps/{head[:2]}/{head[2:]}/ci-tiny", "HEAD")
+    # the same name under another baseline (an older commit): HEAD's experiment wins
+    _write(repo / "metrics", train={**TRAIN, "epochs": 5})
+    _git(repo, "commit", "-qam", "experiment of an older baseline")
+    _git(repo, "update-ref", "refs/exps/00/00000000000000000000000000000000000000/ci-tiny", "HEAD")
+    _git(repo, "checkout", "-q", head)
     monkeypatch.chdir(repo)
-    assert read_metrics("HEAD~1", "train.json")["epochs"] == 8
+    assert read_metrics("HEAD", "train.json")["epochs"] == 8
     assert read_metrics("ci-tiny", "train.json")["epochs"] == 2
     with pytest.raises(VerifyError, match="neither a git revision nor a dvc experiment"):
         read_metrics("no-such-run", "train.json")
