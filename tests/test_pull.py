@@ -4,6 +4,7 @@ import json
 import logging
 
 import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
@@ -11,8 +12,9 @@ from PIL import Image
 from pipeline import hub
 from pipeline.charset import Charset
 from pipeline.lines import SCHEMA, SPLITS, TooManyBadRows, atomic_directory, read_split
+from pipeline.params import parse_params
 from stages.pull import pull
-from tests.conftest import jpeg_bytes, png_bytes, write_hub_layout
+from tests.conftest import ROOT, jpeg_bytes, png_bytes, tiny_params_dict, write_hub_layout
 
 
 def _hub_params(params, root, max_bad_fraction=0.5):
@@ -187,3 +189,25 @@ def test_atomic_directory_cleans_stale_scratch_and_keeps_target_on_error(tmp_pat
         raise RuntimeError("killed")
     assert (target / "a").read_text() == "1"
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+POILUS = ROOT.parent / "shared" / "data" / "poilus-b1"
+
+
+@pytest.mark.skipif(not POILUS.exists(), reason="real lines in ../shared/data are not here")
+def test_real_lines_pull_with_their_accents_at_the_recipe_height(tmp_path):
+    """A slice of poilus-b1 (CC BY 4.0, CREMMA-AN-TestamentsDePoilus) through the hub path."""
+    hub = tmp_path / "hub" / "data"
+    hub.mkdir(parents=True)
+    for split in ("train", "validation", "test"):
+        rows = pd.read_parquet(POILUS / "data" / f"{split}.parquet").head(40)
+        rows.to_parquet(hub / f"{split}-00000-of-00001.parquet")
+    mapping = tiny_params_dict()
+    mapping["data"].update(source="hub", hub_id=str(tmp_path / "hub"), height=64)
+    metrics = pull(parse_params(mapping), tmp_path / "lines", tmp_path / "data.json")
+    assert metrics["train"]["lines"] == 40 and metrics["train"]["dropped"] == 0
+    texts = read_split(tmp_path / "lines" / "train.parquet").column("text").to_pylist()
+    source = pd.read_parquet(POILUS / "data" / "train.parquet").head(40)["text"].tolist()
+    assert texts == [" ".join(t.split()) for t in source]  # accents, ’ and ° kept as written
+    writers = read_split(tmp_path / "lines" / "train.parquet").column("writer").to_pylist()
+    assert all(writers)  # the folder's writer column is carried
