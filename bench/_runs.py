@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import copy
 import os
 import shlex
 import subprocess
@@ -18,7 +17,6 @@ ROOT = Path(__file__).resolve().parents[1]
 def params_with(overrides: dict, base: Path = ROOT / "params.yaml") -> dict:
     """params.yaml with dotted keys (``train.batch_size``) replaced; unknown keys refused."""
     params = yaml.safe_load(base.read_text())
-    params = copy.deepcopy(params)
     for dotted, value in overrides.items():
         section = params
         *parents, leaf = dotted.split(".")

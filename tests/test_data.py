@@ -71,36 +71,25 @@ def test_width_buckets_split_across_ranks_with_equal_counts():
     assert sorted(i for batches in evaluation for b in batches for i in b) == list(range(50))
 
 
+def _datamodule(lines, charset, height, model_frames, params) -> LineDataModule:
+    """Batches of 4 and no binding memory bound: these tests are about lines, not memory."""
+    return LineDataModule(
+        lines, charset, height, model_frames, 4, params.augment, seed=0, max_batch_pixels=10**7
+    )
+
+
 def test_infeasible_lines_are_dropped_counted_and_warned(tmp_path, tiny_params, caplog):
     pull(tiny_params, tmp_path / "lines", tmp_path / "m.json")
     charset = Charset.load(tmp_path / "lines" / "charset.json")
     # a model giving one frame per 12 px cannot fit ~7 px per character lines
-    module = LineDataModule(
-        tmp_path / "lines",
-        charset,
-        32,
-        lambda widths: widths // 12,
-        4,
-        tiny_params.augment,
-        seed=0,
-        max_batch_pixels=10**7,
-    )
+    module = _datamodule(tmp_path / "lines", charset, 32, lambda widths: widths // 12, tiny_params)
     with caplog.at_level(logging.WARNING):
         module.setup("fit")
     total = tiny_params.synthetic.train_lines
     assert module.dropped_infeasible["train"] == total - len(module.datasets["train"]) > 0
     assert "needs more CTC frames" in caplog.text and f"of {total} lines" in caplog.text
     # a generous model keeps everything
-    generous = LineDataModule(
-        tmp_path / "lines",
-        charset,
-        32,
-        lambda w: w,
-        4,
-        tiny_params.augment,
-        seed=0,
-        max_batch_pixels=10**7,
-    )
+    generous = _datamodule(tmp_path / "lines", charset, 32, lambda w: w, tiny_params)
     generous.setup("fit")
     assert generous.dropped_infeasible["train"] == 0 and len(generous.datasets["train"]) == total
 
@@ -108,16 +97,7 @@ def test_infeasible_lines_are_dropped_counted_and_warned(tmp_path, tiny_params, 
 def test_characters_outside_the_charset_are_left_out_of_targets(tmp_path, tiny_params):
     pull(tiny_params, tmp_path / "lines", tmp_path / "m.json")
     small = Charset(tuple("abcdefghijklmnopqrstuvwxyz "))
-    module = LineDataModule(
-        tmp_path / "lines",
-        small,
-        32,
-        lambda w: w,
-        4,
-        tiny_params.augment,
-        seed=0,
-        max_batch_pixels=10**7,
-    )
+    module = _datamodule(tmp_path / "lines", small, 32, lambda w: w, tiny_params)
     module.setup("test")
     dataset = module.datasets["test"]
     assert dataset.unknown_lines > 0  # capitals and punctuation
@@ -129,16 +109,7 @@ def test_characters_outside_the_charset_are_left_out_of_targets(tmp_path, tiny_p
 def test_dataset_items_have_the_model_height(tmp_path, tiny_params, train):
     pull(tiny_params, tmp_path / "lines", tmp_path / "m.json")
     charset = Charset.load(tmp_path / "lines" / "charset.json")
-    module = LineDataModule(
-        tmp_path / "lines",
-        charset,
-        24,
-        lambda w: w,
-        4,
-        tiny_params.augment,
-        seed=0,
-        max_batch_pixels=10**7,
-    )
+    module = _datamodule(tmp_path / "lines", charset, 24, lambda w: w, tiny_params)
     dataset = module.split_dataset("train", train=train)
     item = dataset[0]
     assert item["image"].shape[-2] == 24
