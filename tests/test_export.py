@@ -1,0 +1,93 @@
+"""ONNX export: onnxruntime reads lines as torch does; the htr command."""
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+import torch
+
+from pipeline.data import LineDataset, WidthBucketBatches, collate
+from pipeline.export import ExportError, export_onnx
+from pipeline.greedy import greedy_decode
+from pipeline.lit_module import load_model
+from stages.pull import pull
+from stages.train import train
+from tests.conftest import ROOT
+
+
+def _train(root, params):
+    pull(params, root / "lines", root / "data.json")
+    train(params, root / "lines", root / "model.ckpt", root / "checkpoints", root / "live",
+          root / "train.json", root / "speed.json")  # fmt: skip
+    return root / "model.ckpt"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from pipeline.params import parse_params
+    from tests.conftest import tiny_params_dict
+
+    mapping = tiny_params_dict()
+    mapping["synthetic"].update(train_lines=24, validation_lines=12, test_lines=12)
+    mapping["train"].update(max_epochs=2)
+    params = parse_params(mapping)
+    root = tmp_path_factory.mktemp("export")
+    return params, root, _train(root, params)
+
+
+def test_onnxruntime_reads_lines_of_any_width_as_torch_does(trained, tmp_path):
+    _, root, model_path = trained
+    onnx_path = export_onnx(model_path, tmp_path / "model.onnx")
+    module = load_model(model_path)
+    meta = {p.key: p.value for p in onnx.load(str(onnx_path)).metadata_props}
+    assert json.loads(meta["charset"]) == "".join(module.charset.characters)
+    assert int(meta["height"]) == module.model.config.architecture.height
+
+    session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    dataset = LineDataset(
+        root / "lines" / "validation.parquet", module.charset, int(meta["height"])
+    )
+    assert len(set(dataset.widths)) > 5  # lines of many widths, batched with padding
+    for indices in WidthBucketBatches(dataset.widths, 5, shuffle=False, seed=0):
+        batch = collate([dataset[i] for i in indices])
+        (log_probs,) = session.run(
+            None, {"images": batch.images.numpy(), "widths": batch.widths.numpy()}
+        )
+        with torch.no_grad():
+            expected, _ = module.model(batch.images, batch.widths)  # (T, B, K)
+        np.testing.assert_allclose(log_probs, expected.numpy(), atol=1e-3)
+        frames = module.model.output_lengths(batch.widths)
+        texts = [h.text for h in greedy_decode(torch.from_numpy(log_probs), frames, module.charset)]
+        assert texts == [h.text for h in greedy_decode(expected, frames, module.charset)]
+
+
+def test_a_contrast_normalized_model_is_refused_clearly(trained, tmp_path):
+    params, _, _ = trained
+    contrast = dataclasses.replace(
+        params, model=dataclasses.replace(params.model, input_norm="contrast")
+    )
+    model_path = _train(tmp_path, contrast)
+    with pytest.raises(ExportError, match="input_norm=contrast"):
+        export_onnx(model_path, tmp_path / "model.onnx")
+
+
+def test_the_htr_command(trained, tmp_path):
+    _, _, model_path = trained
+    htr = [sys.executable, "-m", "pipeline.cli"]
+    shown = subprocess.run([*htr, "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert shown.returncode == 0 and "htr export" in shown.stdout
+    assert subprocess.run([*htr, "nonsense"], cwd=ROOT, capture_output=True).returncode == 2
+    out = tmp_path / "m.onnx"
+    done = subprocess.run(
+        [*htr, "export", str(model_path), str(out)], cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 0 and out.stat().st_size > 0, done.stderr
+    help_text = subprocess.run(
+        [*htr, "predict", "--help"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert help_text.returncode == 0 and "--decoder" in help_text.stdout
