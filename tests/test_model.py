@@ -97,7 +97,8 @@ def test_unknown_preset_is_rejected():
     mapping = project_params_dict()
     mapping["model"]["preset"] = "huge"
     with pytest.raises(
-        ParamsError, match=r"model\.preset: 'huge' is not one of model\.presets \(cpu, reference\)"
+        ParamsError,
+        match=r"model\.preset: 'huge' is not one of model\.presets \(cpu, cpu64, reference\)",
     ):
         parse_params(mapping)
 
