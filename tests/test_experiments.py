@@ -198,9 +198,10 @@ def test_the_compare_recipe_shows_quality_and_params_not_speed_or_data_counts(tm
     columns = [c.strip() for c in header.strip("|").split("|")]
     quality = {
         name
-        for file in ("train.json", "evaluate.json")
+        for file in ("train.json", "evaluate.json", "lm.json")
         for name in _leaf_names(json.loads((ROOT / "metrics" / file).read_text()))
         if name.endswith(("cer", "wer", "cer_case_insensitive", "wer_last", "cer_last"))
+        or name == "validation_bits_per_char"  # the language model's fit
     }
     assert columns[:2] == ["Experiment", "Created"]
     assert quality <= set(columns), header
@@ -208,6 +209,7 @@ def test_the_compare_recipe_shows_quality_and_params_not_speed_or_data_counts(tm
     shown_metrics = [c for c in columns[2:] if c != "train.learning_rate"]
     assert not any(c.endswith(("seconds", "_per_second", "memory_mb", "device")) for c in columns)
     assert not any(c.endswith(("px_per_char_mean", ".dropped", "width_px.mean")) for c in columns)
+    assert not any(c.endswith(("texts_cleaned", "chars_removed", "contexts")) for c in columns)
     # what is left beside CER/WER are counts that moved (epochs, steps, unknown characters)
     assert all(c in quality or c.split(".")[-1] in OTHER_RUN_COUNTS for c in shown_metrics), header
 
