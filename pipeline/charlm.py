@@ -68,9 +68,11 @@ class CharNgram:
 
     def _log_prob(self, context: str, char: str) -> float:
         """log P(char | the last order-1 characters of ``context``)."""
-        return math.log(
-            self._probability(context[-(self.order - 1) :] if self.order > 1 else "", char)
-        )
+        return math.log(self._probability(self.truncate(context), char))
+
+    def truncate(self, context: str) -> str:
+        """The last order-1 characters: all the model conditions on."""
+        return context[max(len(context) - self.order + 1, 0) :]
 
     def start_context(self) -> str:
         return BOS * (self.order - 1)
@@ -82,7 +84,7 @@ class CharNgram:
             context = self.start_context()
             for char in text + EOS:
                 total -= self.log_prob(context, char)
-                context = (context + char)[-(self.order - 1) :] if self.order > 1 else ""
+                context = self.truncate(context + char)
                 chars += 1
         return total / max(chars, 1) / math.log(2)
 
@@ -114,7 +116,6 @@ def flashlight_lm(model: CharNgram, tokens: Sequence[str], char_bonus: float, lm
     from torchaudio.models.decoder import CTCDecoderLM, CTCDecoderLMState
 
     bonus = char_bonus / lm_weight if lm_weight else 0.0
-    keep = max(model.order - 1, 0)
 
     class FlashlightCharLM(CTCDecoderLM):
         def __init__(self) -> None:
@@ -132,7 +133,7 @@ def flashlight_lm(model: CharNgram, tokens: Sequence[str], char_bonus: float, lm
             context = self.contexts[state]
             child = state.child(token_index)
             if child not in self.contexts:
-                self.contexts[child] = (context + char)[-keep:] if keep else ""
+                self.contexts[child] = model.truncate(context + char)
             if len(char) != 1:
                 return child, model.log_prob(context, EOS)
             return child, model.log_prob(context, char) + bonus

@@ -122,9 +122,14 @@ def split_metrics(result: SplitResult) -> dict:
 def prediction_rows(split: str, result: SplitResult) -> list[dict]:
     dataset = result.dataset
     rows = []
+    extra_decoders = sorted(result.texts.keys() - {"greedy", "beam"})  # beam_lm
     for i, truth in enumerate(dataset.texts):
         greedy, beam = result.texts["greedy"][i], result.texts["beam"][i]
         score = result.scores["beam"][i]
+        extra = {}
+        for name in extra_decoders:
+            extra[name] = text = result.texts[name][i]
+            extra[f"{name}_cer"] = round(float(char_error_rate(text, truth)), 6)
         rows.append(
             {
                 "split": split,
@@ -135,17 +140,7 @@ def prediction_rows(split: str, result: SplitResult) -> list[dict]:
                 "beam": beam,
                 "greedy_cer": round(float(char_error_rate(greedy, truth)), 6),
                 "beam_cer": round(float(char_error_rate(beam, truth)), 6),
-                **{
-                    key: value
-                    for name in result.texts.keys() - {"greedy", "beam"}
-                    for key, value in (
-                        (name, result.texts[name][i]),
-                        (
-                            f"{name}_cer",
-                            round(float(char_error_rate(result.texts[name][i], truth)), 6),
-                        ),
-                    )
-                },
+                **extra,
                 "beam_score": round(score, 4),
                 # geometric mean of the per-frame probability of the beam's path
                 "confidence": round(float(torch.tensor(score / max(result.frames[i], 1)).exp()), 4),
