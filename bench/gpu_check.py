@@ -26,11 +26,11 @@ import torch
 from _runs import ROOT, StageRunner, params_with  # bench/ is on the path of its scripts
 
 sys.path.insert(0, str(ROOT))
-from pipeline.data import LineDataset, WidthBucketBatches, collate
-from pipeline.decoding import BeamDecoder
-from pipeline.lit_module import load_model
+from pipeline.data import LineDataset
+from pipeline.layout import LinesFolder
 from pipeline.model import CRNN, ModelConfig
 from pipeline.params import load_params
+from pipeline.recognizer import Recognizer
 
 FULL = {"lines": 4000, "epochs": 2, "ddp_lines": 400, "speed_steps": 30}  # 500 steps
 SMOKE = {"lines": 24, "epochs": 1, "ddp_lines": 12, "speed_steps": 2}
@@ -71,21 +71,16 @@ def check_training(work: Path, sizes: dict, device: str) -> dict:
 
 
 def check_decoders(model_path: Path, lines: Path, device: str) -> dict:
-    params = load_params(ROOT / "params.yaml").evaluate
-    module = load_model(model_path).to(device)
+    recognizer = Recognizer.load(model_path, device=device)
+    beam = recognizer.decoders["beam"]
     dataset = LineDataset(
-        lines / "validation.parquet", module.charset, module.model.config.architecture.height
-    )
-    beam = BeamDecoder(
-        module.charset, params.beam_width, params.beam_size_token, params.beam_threshold
+        LinesFolder(lines).split("validation"), recognizer.charset, recognizer.height
     )
     on_device, on_cpu, truths = [], [], []
     seconds = {"cuda": 0.0, "cpu": 0.0}
-    for indices in WidthBucketBatches(dataset.widths, 32, shuffle=False, seed=0):
-        batch = collate([dataset[i] for i in indices]).to(torch.device(device))
-        with torch.no_grad():
-            log_probs, _ = module.model(batch.images, batch.widths)  # (T, B, K)
-        frames = module.model.output_lengths(batch.widths)
+    for indices, log_probs, frames, _ in recognizer.emissions(
+        lambda i: dataset[i]["image"], dataset.widths
+    ):
         start = time.perf_counter()
         if device == "cuda":
             on_device += [h.text for h in beam(log_probs, frames)]
@@ -94,7 +89,7 @@ def check_decoders(model_path: Path, lines: Path, device: str) -> dict:
         start = time.perf_counter()
         on_cpu += [h.text for h in beam(log_probs.cpu(), frames.cpu())]
         seconds["cpu"] += time.perf_counter() - start
-        truths += batch.texts
+        truths += [dataset.texts[i] for i in indices]
     from torchmetrics.functional.text import char_error_rate
 
     result = {

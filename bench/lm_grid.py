@@ -14,29 +14,27 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 from torchmetrics.functional.text import char_error_rate, word_error_rate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.charlm import CharNgram
-from pipeline.data import LineDataset, WidthBucketBatches, collate
+from pipeline.data import LineDataset
 from pipeline.decoding import BeamDecoder, GreedyDecoder
-from pipeline.lit_module import load_model
+from pipeline.layout import LinesFolder
 from pipeline.params import load_params
+from pipeline.recognizer import Recognizer
 
 
 def log_probs_of(model_path: Path, lines: Path, split: str):
-    module = load_model(model_path)
-    dataset = LineDataset(
-        lines / f"{split}.parquet", module.charset, module.model.config.architecture.height
-    )
-    batches = []
-    with torch.no_grad():
-        for indices in WidthBucketBatches(dataset.widths, 32, shuffle=False, seed=0):
-            batch = collate([dataset[i] for i in indices])
-            log_probs, _ = module.model(batch.images, batch.widths)  # (T, B, K)
-            batches.append((log_probs, module.model.output_lengths(batch.widths), batch.texts))
-    return module.charset, batches
+    recognizer = Recognizer.load(model_path, device="cpu")
+    dataset = LineDataset(LinesFolder(lines).split(split), recognizer.charset, recognizer.height)
+    batches = [
+        (log_probs, frames, [dataset.texts[i] for i in indices])
+        for indices, log_probs, frames, _ in recognizer.emissions(
+            lambda i: dataset[i]["image"], dataset.widths
+        )
+    ]
+    return recognizer.charset, batches
 
 
 def score(decoder, batches) -> tuple[float, float, float]:

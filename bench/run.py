@@ -36,8 +36,9 @@ from torchmetrics.text import CharErrorRate  # noqa: E402
 from pipeline.charset import Charset  # noqa: E402
 from pipeline.data import LineDataset, WidthBucketBatches, collate  # noqa: E402
 from pipeline.decoding import BeamDecoder, GreedyDecoder  # noqa: E402
-from pipeline.lit_module import load_model  # noqa: E402
+from pipeline.layout import LinesFolder  # noqa: E402
 from pipeline.params import load_params  # noqa: E402
+from pipeline.recognizer import Recognizer  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 PYTHON_LINES = 40  # the pure-Python search is slow: it reads this many test lines
@@ -45,19 +46,16 @@ PYTHON_LINES = 40  # the pure-Python search is slow: it reads this many test lin
 
 def test_log_probs():
     """(log_probs (T, B, K), lengths, truths) of the test split from the trained model."""
-    module = load_model(ROOT / "models" / "model.ckpt")
-    dataset = LineDataset(
-        ROOT / "data/lines/test.parquet", module.charset, module.model.config.architecture.height
-    )
-    batches = WidthBucketBatches(dataset.widths, 32, shuffle=False, seed=0)
+    recognizer = Recognizer.load(ROOT / "models" / "model.ckpt", device="cpu")
+    test = LinesFolder(ROOT / "data" / "lines").split("test")
+    dataset = LineDataset(test, recognizer.charset, recognizer.height)
     items = []
-    with torch.no_grad():
-        for batch in DataLoader(dataset, batch_sampler=batches, collate_fn=collate):
-            log_probs, _ = module.model(batch.images, batch.widths)
-            lengths = module.model.output_lengths(batch.widths)
-            for b in range(len(batch.texts)):
-                items.append((log_probs[: lengths[b], b], int(lengths[b]), batch.texts[b]))
-    return module.charset, items
+    for indices, log_probs, frames, _ in recognizer.emissions(
+        lambda i: dataset[i]["image"], dataset.widths
+    ):
+        for b, index in enumerate(indices):
+            items.append((log_probs[: frames[b], b], int(frames[b]), dataset.texts[index]))
+    return recognizer.charset, items
 
 
 def timed(function, *args):
@@ -226,9 +224,10 @@ def bench_data(model_lines_per_second: float) -> dict:
     params = load_params(ROOT / "params.yaml")
     from pipeline.augment import build_augmentation
 
-    charset = Charset.load(ROOT / "data/lines/charset.json")
+    lines = LinesFolder(ROOT / "data" / "lines")
+    charset = Charset.load(lines.charset)
     dataset = LineDataset(
-        ROOT / "data/lines/train.parquet",
+        lines.split("train"),
         charset,
         params.model.architecture.height,
         build_augmentation(params.augment),

@@ -13,6 +13,7 @@ here has no KenLM): the decoder asks for the score of each token a hypothesis gr
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
@@ -20,6 +21,8 @@ from functools import lru_cache
 from pathlib import Path
 
 from pipeline.errors import PipelineError
+from pipeline.layout import LinesFolder
+from pipeline.lines import atomic_write_text, read_split
 
 # Control characters never occur in line text (pull removes them), so they can mark the
 # start and the end of a line.
@@ -142,3 +145,27 @@ def flashlight_lm(model: CharNgram, tokens: Sequence[str], char_bonus: float, lm
             return state, model.log_prob(self.contexts[state], EOS)
 
     return FlashlightCharLM()
+
+
+def build_lm(order: int, lines: LinesFolder, model_path: Path, metrics_path: Path) -> dict:
+    """The ``lm`` stage: fit on the training texts, save, and measure on the validation
+    texts (which it never saw). Validation and test text never enter the model."""
+    texts = read_split(lines.split("train")).column("text").to_pylist()
+    model = CharNgram.fit(texts, order)
+    model_path.parent.mkdir(parents=True, exist_ok=True)
+    model.save(model_path)
+    validation = read_split(lines.split("validation")).column("text").to_pylist()
+    metrics = {
+        "order": order,
+        "train_chars": sum(len(t) for t in texts),
+        "contexts": len(model.counts),
+        "validation_bits_per_char": round(model.bits_per_char(validation), 4),
+    }
+    atomic_write_text(metrics_path, json.dumps(metrics, indent=2) + "\n")
+    logging.getLogger(__name__).info(
+        "%d-gram of %d characters: %.3f bits/char on validation",
+        order,
+        metrics["train_chars"],
+        metrics["validation_bits_per_char"],
+    )
+    return metrics

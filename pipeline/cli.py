@@ -21,14 +21,14 @@ COMMANDS = {
 
 
 def _export(argv: list[str]) -> None:
+    from pipeline.command import run_command
     from pipeline.export import export_onnx
-    from stages._cli import run
 
     parser = argparse.ArgumentParser(prog="htr export", description=COMMANDS["export"])
     parser.add_argument("model", type=Path, help="model file written by the train stage")
     parser.add_argument("out", type=Path, help="the .onnx file to write")
     args = parser.parse_args(argv)
-    run("export", lambda: print(f"wrote {export_onnx(args.model, args.out)}"))
+    run_command("export", lambda: print(f"wrote {export_onnx(args.model, args.out)}"))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -40,12 +40,12 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(0 if argv and argv[0] in ("-h", "--help") else 2)
     command, rest = argv[0], argv[1:]
     if command == "predict":
-        from stages.predict import main as predict
+        from pipeline.predict import main as predict
 
         sys.argv[0] = "htr predict"
         predict(rest)
     elif command == "report":
-        from stages.report import main as report
+        from pipeline.report import main as report
 
         sys.argv[0] = "htr report"
         report(rest)

@@ -8,7 +8,6 @@ turns them into CTC input lengths); targets concatenated ``(sum L,)`` with ``tar
 
 from __future__ import annotations
 
-import io
 import itertools
 import logging
 import math
@@ -20,12 +19,12 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from pipeline.augment import Transform, build_augmentation
 from pipeline.charset import Charset
-from pipeline.lines import read_split
+from pipeline.layout import LinesFolder
+from pipeline.lines import decode_png, read_split
 from pipeline.params import AugmentParams
 
 log = logging.getLogger(__name__)
@@ -58,11 +57,6 @@ def ctc_min_frames(ids: Sequence[int]) -> int:
 
 def resized_width(width: int, height: int, target_height: int) -> int:
     return max(1, round(width * target_height / height))
-
-
-def decode_png(data: bytes) -> torch.Tensor:
-    with Image.open(io.BytesIO(data)) as image:
-        return torch.from_numpy(np.array(image.convert("L")))[None]  # (1, H, W) uint8
 
 
 def to_model_input(image: torch.Tensor, height: int) -> torch.Tensor:
@@ -124,12 +118,18 @@ class LineDataset(Dataset):
         }
 
 
+def pad_lines(lines: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Model inputs ``(1, H, W_i)`` -> ``images (B, 1, H, max W)`` padded on the right with
+    paper (0), and ``widths (B,)``."""
+    widths = torch.tensor([line.shape[-1] for line in lines])
+    images = torch.zeros(len(lines), 1, lines[0].shape[-2], int(widths.max()))  # (B, 1, H, W)
+    for i, line in enumerate(lines):
+        images[i, :, :, : line.shape[-1]] = line
+    return images, widths
+
+
 def collate(items: list[dict]) -> Batch:
-    widths = torch.tensor([item["image"].shape[-1] for item in items])
-    height = items[0]["image"].shape[-2]
-    images = torch.zeros(len(items), 1, height, int(widths.max()))  # (B, 1, H, W), 0 = paper
-    for i, item in enumerate(items):
-        images[i, :, :, : item["image"].shape[-1]] = item["image"]
+    images, widths = pad_lines([item["image"] for item in items])
     return Batch(
         images=images,
         widths=widths,
@@ -226,7 +226,7 @@ class WidthBucketBatches:
 class LineDataModule(L.LightningDataModule):
     def __init__(
         self,
-        lines_dir: Path,
+        lines: LinesFolder,
         charset: Charset,
         height: int,
         model_frames: Callable[[torch.Tensor], torch.Tensor],
@@ -237,7 +237,7 @@ class LineDataModule(L.LightningDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__()
-        self.lines_dir = Path(lines_dir)
+        self.lines = lines
         self.charset = charset
         self.height = height
         self.model_frames = model_frames  # widths (px) -> CTC input lengths
@@ -251,9 +251,7 @@ class LineDataModule(L.LightningDataModule):
 
     def split_dataset(self, split: str, train: bool = False) -> LineDataset:
         augmentation = build_augmentation(self.augment) if train else None
-        return LineDataset(
-            self.lines_dir / f"{split}.parquet", self.charset, self.height, augmentation
-        )
+        return LineDataset(self.lines.split(split), self.charset, self.height, augmentation)
 
     def setup(self, stage: str | None = None) -> None:
         if stage in ("fit", None) and "train" not in self.datasets:

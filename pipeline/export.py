@@ -15,15 +15,10 @@ import torch
 from torch import nn
 
 from pipeline.charset import BLANK_ID
-from pipeline.errors import PipelineError
 from pipeline.lit_module import load_model
 from pipeline.model import CRNN
 
 OPSET = 17
-
-
-class ExportError(PipelineError):
-    pass
 
 
 class _LogProbs(nn.Module):
@@ -42,11 +37,6 @@ def export_onnx(model_path: Path, out_path: Path) -> Path:
 
     module = load_model(model_path)
     config = module.model.config
-    if config.input_norm != "none":
-        raise ExportError(
-            f"{model_path}: model.input_norm={config.input_norm} uses a per-line quantile "
-            "that ONNX has no operator for; export supports input_norm=none for now"
-        )
     wrapper = _LogProbs(module.model).eval().requires_grad_(False)
     height = config.architecture.height
     images = torch.zeros(2, 1, height, 8 * height)

@@ -22,13 +22,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 from PIL import Image, UnidentifiedImageError
 
 from pipeline.errors import PipelineError
+from pipeline.layout import SPLITS  # noqa: F401  (re-exported: sources iterate it)
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "validation", "test")
 # Every reason a row can be dropped for; all are reported (zeros too) so metric diffs line up.
 DROP_REASONS = (
     "missing_text",
@@ -165,6 +166,12 @@ def encode_line(image: Image.Image, height: int) -> tuple[bytes, int, int]:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", optimize=False, compress_level=6)
     return buffer.getvalue(), width, height
+
+
+def decode_png(data: bytes) -> torch.Tensor:
+    """A stored line's PNG -> ``(1, H, W)`` uint8, dark ink on light paper."""
+    with Image.open(io.BytesIO(data)) as image:
+        return torch.from_numpy(np.array(image.convert("L")))[None]
 
 
 @dataclass

@@ -56,6 +56,27 @@ INK_QUANTILE = 0.99
 MIN_CONTRAST = 0.1  # a blank line is not stretched into noise
 
 
+def _valid_quantiles(
+    pixels: torch.Tensor, valid: torch.Tensor, quantiles: tuple[float, ...]
+) -> torch.Tensor:
+    """Per line, quantiles (linear interpolation, as ``torch.quantile``) of the pixels in
+    its valid columns: ``pixels (B, H, W)``, ``valid (B, W)`` -> ``(Q, B)``. Sort-based, so
+    it exports to ONNX (which has no quantile operator): padding sorts last as +inf."""
+    height = pixels.shape[1]
+    values = pixels.float().masked_fill(~valid[:, None, :], float("inf")).flatten(1)  # (B, H*W)
+    ordered = values.sort(dim=1).values  # (B, H*W), the valid pixels first
+    last = (valid.sum(dim=1) * height - 1).clamp(min=0).float()  # (B,) index of the largest
+    levels = []
+    for q in quantiles:
+        position = q * last  # (B,)
+        low = position.floor()
+        high = torch.minimum(low + 1, last)
+        below = ordered.gather(1, low.long()[:, None])[:, 0]
+        above = ordered.gather(1, high.long()[:, None])[:, 0]
+        levels.append(below + (position - low) * (above - below))
+    return torch.stack(levels)
+
+
 def normalize_contrast(images: torch.Tensor, widths: torch.Tensor | None) -> torch.Tensor:
     """(B, 1, H, W) -> the same, each line stretched so its paper is 0 and its ink 1.
 
@@ -67,10 +88,7 @@ def normalize_contrast(images: torch.Tensor, widths: torch.Tensor | None) -> tor
     if widths is None:
         widths = torch.full((batch,), width, device=images.device)
     valid = torch.arange(width, device=images.device)[None, :] < widths[:, None]  # (B, W)
-    pixels = images[:, 0].masked_fill(~valid[:, None, :], float("nan")).flatten(1)  # (B, H*W)
-    levels = pixels.float().nanquantile(
-        torch.tensor([PAPER_QUANTILE, INK_QUANTILE], device=images.device), dim=1
-    )  # (2, B)
+    levels = _valid_quantiles(images[:, 0], valid, (PAPER_QUANTILE, INK_QUANTILE))  # (2, B)
     paper = levels[0][:, None, None, None]
     contrast = (levels[1] - levels[0]).clamp(min=MIN_CONTRAST)[:, None, None, None]
     stretched = ((images - paper) / contrast).clamp(0.0, 1.0)

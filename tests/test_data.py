@@ -11,7 +11,8 @@ from pipeline.data import (
     ctc_min_frames,
     to_model_input,
 )
-from stages.pull import pull
+from pipeline.layout import LinesFolder
+from pipeline.pull import pull
 
 
 def test_ctc_min_frames_counts_blanks_between_repeats():
@@ -74,7 +75,14 @@ def test_width_buckets_split_across_ranks_with_equal_counts():
 def _datamodule(lines, charset, height, model_frames, params) -> LineDataModule:
     """Batches of 4 and no binding memory bound: these tests are about lines, not memory."""
     return LineDataModule(
-        lines, charset, height, model_frames, 4, params.augment, seed=0, max_batch_pixels=10**7
+        LinesFolder(lines),
+        charset,
+        height,
+        model_frames,
+        4,
+        params.augment,
+        seed=0,
+        max_batch_pixels=10**7,
     )
 
 

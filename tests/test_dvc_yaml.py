@@ -1,53 +1,15 @@
 """dvc.yaml is the architecture diagram: check it tells the truth about the code."""
 
-import ast
 import re
-from pathlib import Path
 
 import yaml
 
+from pipeline import codebase
 from tests.conftest import ROOT
-
-PACKAGES = ("pipeline", "stages")
-# Commands in stages/ that users run by hand, not pipeline stages.
-TOOLS = {"predict", "report"}
-
-
-def _module_file(dotted: str) -> Path | None:
-    path = ROOT.joinpath(*dotted.split("."))
-    if path.with_suffix(".py").is_file():
-        return path.with_suffix(".py")
-    if (path / "__init__.py").is_file():
-        return path / "__init__.py"
-    return None
 
 
 def project_imports(module: str) -> set[str]:
-    """Every project file ``module`` imports, directly or not, with the package __init__s."""
-    seen: set[Path] = set()
-    todo = [module]
-    while todo:
-        dotted = todo.pop()
-        parts = dotted.split(".")
-        # importing a.b.c runs a/__init__.py and a/b/__init__.py too
-        for depth in range(1, len(parts) + 1):
-            path = _module_file(".".join(parts[:depth]))
-            if path is None or path in seen:
-                continue
-            seen.add(path)
-            for node in ast.walk(ast.parse(path.read_text())):
-                if isinstance(node, ast.Import):
-                    todo += [
-                        alias.name for alias in node.names if alias.name.split(".")[0] in PACKAGES
-                    ]
-                elif (
-                    isinstance(node, ast.ImportFrom)
-                    and node.module
-                    and node.module.split(".")[0] in PACKAGES
-                ):
-                    todo.append(node.module)
-                    todo += [f"{node.module}.{alias.name}" for alias in node.names]
-    return {str(path.relative_to(ROOT)) for path in seen}
+    return {str(path.relative_to(ROOT)) for path in codebase.project_imports(module)}
 
 
 def _stages() -> dict:
@@ -63,8 +25,9 @@ def _outputs(stage: dict) -> set[str]:
 
 
 def test_one_stage_per_stage_module():
-    modules = {p.stem for p in (ROOT / "stages").glob("*.py") if not p.stem.startswith("_")}
-    assert set(_stages()) == modules - TOOLS
+    # stages/ holds exactly the DVC stages: no helpers, no commands users run by hand
+    modules = {p.stem for p in (ROOT / "stages").glob("*.py") if p.stem != "__init__"}
+    assert set(_stages()) == modules
 
 
 def test_every_imported_project_module_is_a_dependency():

@@ -7,14 +7,17 @@ import sys
 
 import pyarrow.parquet as pq
 import pytest
+import yaml
 from PIL import Image
 
+from pipeline.charlm import build_lm
+from pipeline.evaluation import EvaluationOutputs, evaluate
+from pipeline.layout import LinesFolder
 from pipeline.lines import read_split, write_split
-from stages.evaluate import evaluate
-from stages.lm import build_lm
-from stages.predict import format_predictions, predict
-from stages.pull import pull
-from stages.train import train
+from pipeline.predict import format_predictions, predict
+from pipeline.pull import pull
+from pipeline.recognizer import Recognizer
+from pipeline.training import TrainOutputs, train
 from tests.conftest import ROOT, png_bytes
 
 
@@ -27,30 +30,27 @@ def trained(tmp_path_factory):
     params = parse_params(tiny_params_dict())
     root = tmp_path_factory.mktemp("trained")
     pull(params, root / "lines", root / "data.json")
-    train(
-        params,
-        root / "lines",
-        model_path=root / "model.ckpt",
-        checkpoint_dir=root / "checkpoints",
-        live_dir=root / "dvclive",
-        metrics_path=root / "train.json",
-        speed_path=root / "train_speed.json",
+    outputs = TrainOutputs(
+        root / "model.ckpt",
+        root / "checkpoints",
+        root / "dvclive",
+        root / "train.json",
+        root / "train_speed.json",
     )
+    train(params, LinesFolder(root / "lines"), outputs)
     return params, root
 
 
 def _evaluate(params, root, out, lm=None):
-    return evaluate(
-        params,
-        root / "model.ckpt",
-        lm,
-        root / "lines",
+    recognizer = Recognizer.load(root / "model.ckpt", device="cpu", lm=lm, params=params)
+    outputs = EvaluationOutputs(
         out / "evaluate.json",
         out / "speed.json",
         out / "predictions.parquet",
         out / "plots",
         out / "worst.png",
     )
+    return evaluate(recognizer, LinesFolder(root / "lines"), outputs, params.evaluate.worst_lines)
 
 
 def test_evaluate_writes_metrics_predictions_and_plots(trained, tmp_path):
@@ -108,13 +108,13 @@ def test_predict_reads_files_folders_and_parquet_and_reports_bad_files(trained, 
     (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     single = tmp_path / "single.png"
     single.write_bytes(rows[2]["image"])
-    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    settings = yaml.safe_load((ROOT / "params.yaml").read_text())
+    settings["evaluate"]["batch_size"] = 3  # several batches, sorted by width
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(settings))
 
     inputs = [folder, single, root / "lines" / "test.parquet", tmp_path / "missing.png"]
     for decoder in ("greedy", "beam"):
-        predictions = predict(
-            root / "model.ckpt", inputs, decoder, tmp_path / "params.yaml", batch_size=3
-        )
+        predictions = predict(root / "model.ckpt", inputs, decoder, tmp_path / "params.yaml")
         names = [p.name for p in predictions]
         assert names[:3] == [
             str(folder / "corrupt.png"),
@@ -138,7 +138,7 @@ def test_predict_command_exits_non_zero_but_reads_the_rest(trained, tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not a png")
     result = subprocess.run(
-        [sys.executable, "-m", "stages.predict", str(root / "model.ckpt"), str(good), str(bad),
+        [sys.executable, "-m", "pipeline.predict", str(root / "model.ckpt"), str(good), str(bad),
          "--decoder", "greedy", "--format", "csv"],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
@@ -152,7 +152,9 @@ def test_predict_command_exits_non_zero_but_reads_the_rest(trained, tmp_path):
 
 def test_beam_lm_is_scored_beside_greedy_and_beam(trained, tmp_path):
     params, root = trained
-    build_lm(params, root / "lines", root / "lm.json", root / "lm_metrics.json")
+    build_lm(
+        params.lm.order, LinesFolder(root / "lines"), root / "lm.json", root / "lm_metrics.json"
+    )
     lm_metrics = json.loads((root / "lm_metrics.json").read_text())
     assert lm_metrics["order"] == params.lm.order and lm_metrics["validation_bits_per_char"] > 0
     metrics = _evaluate(params, root, tmp_path, lm=root / "lm.json")

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from pipeline.params import parse_params
-from stages.report import render
+from pipeline.report import render
 from tests.conftest import ROOT, project_params_dict, tiny_params_dict
 from tests.test_repro import _run, dvc, make_project
 
@@ -35,9 +35,11 @@ def readme_recipes() -> dict[str, list[str]]:
 
 def run_line(project: Path, line: str) -> subprocess.CompletedProcess:
     words = shlex.split(line)
-    assert words[0] in ("dvc", "python"), line
+    assert words[0] in ("dvc", "python", "htr"), line
     if words[0] == "dvc":
         return _run([sys.executable, "-m", "dvc", *words[1:]], project)
+    if words[0] == "htr":  # the console script, from the project's own code
+        return _run([sys.executable, "-m", "pipeline.cli", *words[1:]], project)
     return _run([sys.executable, *words[1:]], project)
 
 
@@ -86,7 +88,7 @@ def test_readme_recipes_run_as_written(tmp_path):
     assert "lr-low-branch" in _run(["git", "branch"], project).stdout
 
     report = _run(
-        [sys.executable, "-m", "stages.report", "--base", "HEAD", "--target", "lr-low"], project
+        [sys.executable, "-m", "pipeline.report", "--base", "HEAD", "--target", "lr-low"], project
     ).stdout
     assert "| params.yaml | **train.learning_rate** | 0.002 | 0.001 | -0.001 | changed |" in report
     assert "### Quality metrics" in report and "test.beam.cer" in report

@@ -1,4 +1,5 @@
 import copy
+import dataclasses
 
 import pytest
 import yaml
@@ -7,12 +8,27 @@ from pipeline.params import Params, ParamsError, load_params, parse_params
 from tests.conftest import ROOT, project_params_dict
 
 
-def test_project_params_load():
+def test_params_cannot_change_under_a_stage():
+    """Every section, at any depth, is a frozen dataclass and holds no list: no code can
+    change a value another part of the run reads."""
+    seen = []
+
+    def walk(value, key):
+        if dataclasses.is_dataclass(value):
+            assert type(value).__dataclass_params__.frozen, key
+            seen.append(key)
+            for field in dataclasses.fields(value):
+                walk(getattr(value, field.name), f"{key}.{field.name}")
+        elif isinstance(value, dict):
+            for name, item in value.items():
+                walk(item, f"{key}.{name}")
+        else:
+            assert not isinstance(value, list | set | bytearray), key
+
     params = load_params(ROOT / "params.yaml")
     assert isinstance(params, Params)
-    assert isinstance(params.synthetic.train_fonts, tuple)
-    with pytest.raises(AttributeError):
-        params.seed = 1  # frozen
+    walk(params, "params")
+    assert "params.model.presets.cpu" in seen and len(seen) >= 10
 
 
 def _error(mutate) -> str:

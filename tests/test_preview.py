@@ -4,8 +4,8 @@ import torch
 from PIL import Image
 
 from pipeline.augment import build_augmentation, transform_steps
-from stages.preview import preview
-from stages.pull import pull
+from pipeline.preview import preview
+from pipeline.pull import pull
 
 
 def test_preview_writes_one_grid_per_transform_and_is_deterministic(tmp_path, tiny_params):

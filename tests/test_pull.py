@@ -13,7 +13,7 @@ from pipeline import hub
 from pipeline.charset import Charset
 from pipeline.lines import SCHEMA, SPLITS, TooManyBadRows, atomic_directory, read_split
 from pipeline.params import parse_params
-from stages.pull import pull
+from pipeline.pull import pull
 from tests.conftest import ROOT, jpeg_bytes, png_bytes, tiny_params_dict, write_hub_layout
 
 

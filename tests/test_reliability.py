@@ -18,14 +18,16 @@ from PIL import Image
 
 from pipeline.charset import Charset
 from pipeline.data import Batch
+from pipeline.evaluation import EvaluationOutputs, evaluate
+from pipeline.layout import LinesFolder
 from pipeline.lines import read_split
 from pipeline.lit_module import CRNNModule, ModelFileError, load_model
 from pipeline.model import ModelConfig
 from pipeline.params import ParamsError, parse_params
-from stages.evaluate import evaluate
-from stages.predict import predict
-from stages.pull import pull
-from stages.train import train
+from pipeline.predict import predict
+from pipeline.pull import pull
+from pipeline.recognizer import Recognizer
+from pipeline.training import TrainOutputs, train
 from tests.conftest import (
     ROOT,
     TAKES_CTRL_C,
@@ -139,23 +141,21 @@ def test_every_bad_input_has_its_expected_outcome(bad_corpus):
 
 def test_bad_corpus_trains_evaluates_and_predicts(bad_corpus, tmp_path):
     params, root, _ = bad_corpus
-    out = {
-        "model_path": tmp_path / "model.ckpt",
-        "checkpoint_dir": tmp_path / "checkpoints",
-        "live_dir": tmp_path / "dvclive",
-        "metrics_path": tmp_path / "train.json",
-        "speed_path": tmp_path / "train_speed.json",
-    }
-    train(params, root / "lines", **out)
-    reports = [tmp_path / name for name in ("evaluate.json", "speed.json", "predictions.parquet")]
-    metrics = evaluate(
-        params,
+    outputs = TrainOutputs(
         tmp_path / "model.ckpt",
-        None,
-        root / "lines",
-        *reports,
-        tmp_path / "plots",
-        tmp_path / "worst.png",
+        tmp_path / "checkpoints",
+        tmp_path / "dvclive",
+        tmp_path / "train.json",
+        tmp_path / "train_speed.json",
+    )
+    train(params, LinesFolder(root / "lines"), outputs)
+    reports = [tmp_path / name for name in ("evaluate.json", "speed.json", "predictions.parquet")]
+    recognizer = Recognizer.load(tmp_path / "model.ckpt", device="cpu", params=params)
+    metrics = evaluate(
+        recognizer,
+        LinesFolder(root / "lines"),
+        EvaluationOutputs(*reports, tmp_path / "plots", tmp_path / "worst.png"),
+        params.evaluate.worst_lines,
     )
     # "naïve ☃": characters the training split never had are counted, not a KeyError
     assert metrics["test"]["unknown_chars"] >= 2
@@ -164,9 +164,7 @@ def test_bad_corpus_trains_evaluates_and_predicts(bad_corpus, tmp_path):
     files.mkdir()
     for i, (_, image, _, _) in enumerate(BAD_CORPUS):
         (files / f"{i:02d}.png").write_bytes(image or b"")
-    predictions = predict(
-        tmp_path / "model.ckpt", [files], "greedy", ROOT / "params.yaml", batch_size=4
-    )
+    predictions = predict(tmp_path / "model.ckpt", [files], "greedy", ROOT / "params.yaml")
     by_file = {Path(p.name).name: p for p in predictions}
     for i, (name, _, _, outcome) in enumerate(BAD_CORPUS):
         prediction = by_file[f"{i:02d}.png"]
@@ -248,10 +246,13 @@ def test_bad_params_fail_in_one_line_before_any_work(tmp_path, section, key, val
     mapping[section][key] = value
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(mapping))
+    o = tmp_path / "o"
     commands = {
-        "pull": ["--out", str(tmp_path / "o")],
-        "train": ["--lines", str(tmp_path), "--model", str(tmp_path / "o" / "model.ckpt")],
-    }
+        "pull": ["--out", str(o), "--metrics", str(o / "data.json")],
+        "train": ["--lines", str(tmp_path), "--model", str(o / "model.ckpt"),
+                  "--checkpoints", str(o / "checkpoints"), "--live", str(o / "live"),
+                  "--metrics", str(o / "train.json"), "--speed", str(o / "speed.json")],
+    }  # fmt: skip
     for stage, paths in commands.items():
         command = [sys.executable, "-m", f"stages.{stage}", "--params", str(params_file), *paths]
         result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -100,7 +100,9 @@ def test_a_bad_param_fails_in_one_line(tiny_project):
     params = yaml.safe_load((tiny_project / "params.yaml").read_text())
     params["data"]["height"] = "tall"
     (tiny_project / "params.yaml").write_text(yaml.safe_dump(params))
-    result = _run([sys.executable, "-m", "stages.pull"], tiny_project, check=False)
+    command = [sys.executable, "-m", "stages.pull", "--params", "params.yaml",
+               "--out", "data/lines", "--metrics", "metrics/data.json"]  # fmt: skip
+    result = _run(command, tiny_project, check=False)
     assert result.returncode == 1
     assert result.stderr.strip() == (
         "[pull] error: params.yaml: data.height: expected an integer, got 'tall'"

@@ -6,7 +6,7 @@ import pytest
 
 from pipeline import synthetic
 from pipeline.lines import read_split
-from stages.pull import pull
+from pipeline.pull import pull
 
 
 def _digests(directory):

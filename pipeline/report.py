@@ -1,7 +1,7 @@
 """A markdown report of what a change did: params and metrics diffed against a base.
 
-    python -m stages.report                       # workspace vs the base (see below)
-    python -m stages.report --base main --target exp-1a2b3 -o report.md
+    htr report                       # workspace vs the base (see below)
+    htr report --base main --target exp-1a2b3 -o report.md
 
 The base defaults to the previous commit on ``main`` and to ``main`` on any other branch.
 The target is a commit, a branch or a ``dvc exp`` name (default: the workspace). Quality
@@ -16,8 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from pipeline.command import run_command
 from pipeline.errors import PipelineError
-from stages._cli import run
 
 # For these metric names a lower value is better; every other one is reported neutrally.
 LOWER_IS_BETTER = ("cer", "wer", "loss", "dropped", "unknown", "nonfinite")
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
 
-    run("report", lambda: report(args.base, args.target, args.output))
+    run_command("report", lambda: report(args.base, args.target, args.output))
 
 
 if __name__ == "__main__":

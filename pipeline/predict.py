@@ -1,11 +1,13 @@
 """Read handwriting: line images (files, folders, or a parquet of lines) -> text + confidence.
 
-    python -m stages.predict models/model.ckpt scans/ line.png lines.parquet
-    python -m stages.predict models/model.ckpt scans/ --decoder greedy --format csv -o out.csv
+    htr predict models/model.ckpt scans/ line.png lines.parquet
+    htr predict models/model.ckpt scans/ --decoder greedy --format csv -o out.csv
+    htr predict models/model.ckpt scans/ --decoder beam_lm --lm models/lm.json
 
 Needs only the model file (its charset and architecture travel inside it). Beam settings
-come from the ``evaluate`` section of ``--params``. An unreadable input gets a one-line
-error on stderr; the others are still read, and the exit code is 1.
+come from the ``evaluate`` section of ``--params`` (the project's params.yaml by default).
+An unreadable input gets a one-line error on stderr; the others are still read, and the
+exit code is 1. Lines are read in batches of similar width, on the GPU when there is one.
 """
 
 from __future__ import annotations
@@ -21,16 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.parquet as pq
-import torch
 
-from pipeline.charlm import CharNgram
-from pipeline.data import collate, decode_png, to_model_input
-from pipeline.decoding import build_decoders
+from pipeline.command import run_command
 from pipeline.errors import PipelineError
-from pipeline.lines import BadRow, normalize_image
-from pipeline.lit_module import load_model
-from pipeline.params import load_params
-from stages._cli import run
+from pipeline.layout import PROJECT_PARAMS
+from pipeline.lines import BadRow
+from pipeline.recognizer import Recognizer
 
 log = logging.getLogger(__name__)
 
@@ -90,58 +88,32 @@ def predict(
     inputs: list[Path],
     decoder_name: str,
     params_path: Path,
-    batch_size: int,
     lm_path: Path | None = None,
 ) -> list[Prediction]:
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    module = load_model(model_path).to(device)
-    height = module.model.config.architecture.height
-    params = load_params(params_path)
+    """One prediction per input line, in input order; unreadable ones carry their error."""
     if decoder_name == "beam_lm" and lm_path is None:
         raise PipelineError("--decoder beam_lm needs --lm (the lm stage writes models/lm.json)")
-    lm = CharNgram.load(lm_path) if lm_path else None
-    decoder = build_decoders(module.charset, params.evaluate, lm)[decoder_name]
-    predictions: list[Prediction] = []
-    pending: list[tuple[str, torch.Tensor]] = []
-
-    def flush() -> None:
-        if not pending:
-            return
-        batch = collate(
-            [
-                {"image": image, "target": [], "text": "", "id": name, "writer": None}
-                for name, image in pending
-            ]
-        )
-        with torch.no_grad():
-            widths = batch.widths.to(device)
-            log_probs, _ = module.model(batch.images.to(device), widths)  # (T, B, K)
-            lengths = module.model.output_lengths(widths)
-            hypotheses = decoder(log_probs, lengths)
-        for (name, _), hypothesis, frames in zip(
-            pending, hypotheses, lengths.tolist(), strict=True
-        ):
-            confidence = float(torch.tensor(hypothesis.score / max(frames, 1)).exp())
-            predictions.append(Prediction(name, hypothesis.text, round(confidence, 4), None))
-        pending.clear()
-
-    for item in iter_inputs(inputs):
-        if item.error is None:
-            try:
-                png, _, _ = normalize_image(item.image, height, params.data.max_aspect_ratio)
-            except BadRow as error:
-                item = Item(item.name, None, f"{error.reason}: {error.detail}")
-        if item.error is not None:
-            predictions.append(Prediction(item.name, None, None, item.error))
+    recognizer = Recognizer.load(model_path, lm=lm_path, params=params_path)
+    names: list[str] = []
+    errors: dict[int, str] = {}
+    stored: list[tuple[bytes, int]] = []  # PNGs at the model's height: the source bytes go
+    for index, item in enumerate(iter_inputs(inputs)):
+        names.append(item.name)
+        try:
+            if item.error is not None:
+                raise BadRow("unreadable", item.error)
+            stored.append(recognizer.stored_line(item.image))
+        except BadRow as error:
+            errors[index] = item.error or f"{error.reason}: {error.detail}"
+    read = recognizer.read_stored(stored, [decoder_name], progress="predict")
+    readings = iter(read.by_decoder[decoder_name])
+    predictions = []
+    for index, name in enumerate(names):
+        if index in errors:
+            predictions.append(Prediction(name, None, None, errors[index]))
             continue
-        image = to_model_input(decode_png(png), height)  # (1, H, W)
-        widest = max([image.shape[-1], *(pending_image.shape[-1] for _, pending_image in pending)])
-        if pending and (len(pending) + 1) * height * widest > params.evaluate.max_batch_pixels:
-            flush()  # one more line would take the batch past its memory bound
-        pending.append((item.name, image))
-        if len(pending) == batch_size:
-            flush()
-    flush()
+        reading = next(readings)
+        predictions.append(Prediction(name, reading.text, round(reading.confidence, 4), None))
     return predictions
 
 
@@ -171,19 +143,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--format", choices=["text", "csv", "json"], default="text")
     parser.add_argument("-o", "--output", type=Path, help="write here instead of stdout")
     parser.add_argument(
-        "--params", type=Path, default=Path("params.yaml"), help="beam settings (evaluate)"
+        "--params",
+        type=Path,
+        default=PROJECT_PARAMS,
+        help="beam settings and batch size: the evaluate section (default: %(default)s)",
     )
-    parser.add_argument("--batch-size", type=int, default=16)
     args = parser.parse_args(argv)
-    if args.batch_size < 1:
-        parser.error("--batch-size must be >= 1")
     failed = 0
 
     def work() -> None:
         nonlocal failed
-        predictions = predict(
-            args.model, args.inputs, args.decoder, args.params, args.batch_size, args.lm
-        )
+        predictions = predict(args.model, args.inputs, args.decoder, args.params, args.lm)
         for prediction in predictions:
             if prediction.error is not None:
                 failed += 1
@@ -199,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
                 file=sys.stderr,
             )
 
-    run("predict", work)
+    run_command("predict", work)
     if failed:
         sys.exit(1)
 

@@ -1,0 +1,218 @@
+"""Reading handwriting from Python: a model file in, text out. The one inference loop of the
+project: ``evaluate``, ``predict``, the benchmarks and the tests all read through it.
+
+    from pipeline.recognizer import Recognizer
+
+    recognizer = Recognizer.load("models/model.ckpt")           # the GPU when there is one
+    for reading in recognizer.read(["line.png", pil_image, numpy_array], decoder="beam"):
+        print(f"{reading.confidence:.2f} {reading.text}")
+
+Lines are batched by width (sorted, so little padding; at most ``evaluate.batch_size``
+lines and ``evaluate.max_batch_pixels`` padded pixels a batch) and handed back in the order
+given. Beam settings come from the ``evaluate`` section of the params (the project's
+``params.yaml`` unless others are given); ``beam_lm`` needs a character LM (``lm=``).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from pipeline.charlm import CharNgram
+from pipeline.charset import Charset
+from pipeline.data import WidthBucketBatches, pad_lines, to_model_input
+from pipeline.decoding import Decoder, build_decoders
+from pipeline.errors import PipelineError
+from pipeline.layout import PROJECT_PARAMS
+from pipeline.lines import BadRow, decode_png, normalize_image
+from pipeline.lit_module import load_model
+from pipeline.model import CRNN
+from pipeline.params import Params, load_params
+
+# What ``read`` takes for one line: a file path, encoded image bytes, a PIL image, or an
+# array (H, W) or (H, W, C) of uint8, dark ink on light paper as scanned.
+ImageInput = str | Path | bytes | Image.Image | np.ndarray
+
+
+@dataclass(frozen=True)
+class Reading:
+    text: str
+    confidence: float  # geometric mean of the per-frame probability of the decoder's path
+    score: float  # the decoder's log score: path log-probability (greedy), beam score (beam)
+    frames: int  # CTC frames the network gave the line
+
+
+def path_confidence(score: float, frames: int) -> float:
+    """exp(score / frames): 1.0 when every frame of the path is certain."""
+    return math.exp(score / max(frames, 1))
+
+
+@dataclass(frozen=True)
+class Readings:
+    """Lines read by several decoders from one network pass, and the seconds of each step
+    (``model``: the network; one entry per decoder)."""
+
+    by_decoder: dict[str, list[Reading]]
+    seconds: dict[str, float]
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Recognizer:
+    def __init__(
+        self,
+        network: CRNN,
+        charset: Charset,
+        params: Params,
+        device: torch.device | None = None,
+        lm: CharNgram | None = None,
+    ) -> None:
+        self.device = device or default_device()
+        self.network = network.to(self.device).eval()
+        self.charset = charset
+        self.params = params
+        self.decoders: dict[str, Decoder] = build_decoders(charset, params.evaluate, lm)
+
+    @classmethod
+    def load(
+        cls,
+        path: Path | str,
+        device: torch.device | str | None = None,
+        lm: Path | str | CharNgram | None = None,
+        params: Params | Path | str = PROJECT_PARAMS,
+    ) -> Recognizer:
+        """A model file written by the train stage (charset and architecture travel in it);
+        ``lm``: a character LM file (``models/lm.json``) to add the ``beam_lm`` decoder."""
+        module = load_model(Path(path))
+        if not isinstance(params, Params):
+            params = load_params(params)
+        if lm is not None and not isinstance(lm, CharNgram):
+            lm = CharNgram.load(Path(lm))
+        device = torch.device(device) if device is not None else None
+        return cls(module.model, module.charset, params, device, lm)
+
+    @property
+    def height(self) -> int:
+        return self.network.config.architecture.height
+
+    def stored_line(self, image: ImageInput) -> tuple[bytes, int]:
+        """One line as the pull stage stores it: grayscale PNG at the model's height, and its
+        width. Raises ``BadRow`` (``.reason``, ``.detail``) for what pull would drop too."""
+        if isinstance(image, str | Path):
+            try:
+                image = Path(image).read_bytes()
+            except OSError as error:
+                raise BadRow("unreadable_file", error.strerror or str(error)) from None
+        elif isinstance(image, np.ndarray):
+            if image.dtype != np.uint8 or image.ndim not in (2, 3):
+                raise BadRow(
+                    "bad_array", f"want uint8 (H, W) or (H, W, C), got {image.dtype} {image.shape}"
+                )
+            image = Image.fromarray(image)
+        if isinstance(image, Image.Image):
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG")
+            image = buffer.getvalue()
+        png, width, _ = normalize_image(image, self.height, self.params.data.max_aspect_ratio)
+        return png, width
+
+    def read(self, images: Sequence[ImageInput], decoder: str = "beam") -> list[Reading]:
+        """The text of each line, in the order given. A line that cannot be read raises
+        ``PipelineError`` naming it (``htr predict`` reports each and reads the others)."""
+        stored = []
+        for index, image in enumerate(images):
+            try:
+                stored.append(self.stored_line(image))
+            except BadRow as error:
+                name = image if isinstance(image, str | Path) else f"image {index}"
+                raise PipelineError(f"{name}: {error}") from None
+        return self.read_stored(stored, [decoder]).by_decoder[decoder]
+
+    def read_stored(
+        self, stored: Sequence[tuple[bytes, int]], decoders: Sequence[str], progress=None
+    ) -> Readings:
+        """``read_lines`` on lines as ``stored_line`` returns them (PNG, width)."""
+        return self.read_lines(
+            lambda i: to_model_input(decode_png(stored[i][0]), self.height),
+            [width for _, width in stored],
+            decoders,
+            progress,
+        )
+
+    def emissions(
+        self,
+        line: Callable[[int], torch.Tensor],
+        widths: Sequence[int],
+        progress: str | None = None,
+    ) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor, float]]:
+        """The network on lines ``line(i)`` (prepared: ``(1, height, widths[i])``, loaded
+        when their batch comes), batch by width-sorted batch: the batch's line indices, its
+        ``log_probs (T, B, K)`` and ``frames (B,)`` on the recognizer's device, and the
+        network's seconds."""
+        batches = WidthBucketBatches(
+            widths,
+            self.params.evaluate.batch_size,
+            shuffle=False,
+            seed=0,
+            height=self.height,
+            max_pixels=self.params.evaluate.max_batch_pixels,
+        )
+        with torch.no_grad():
+            for batch in tqdm(
+                list(batches), desc=progress, unit="batch", disable=progress is None, mininterval=1
+            ):
+                images, batch_widths = pad_lines([line(i) for i in batch])  # (B, 1, H, W)
+                start = time.perf_counter()
+                batch_widths = batch_widths.to(self.device)
+                log_probs, _ = self.network(images.to(self.device), batch_widths)  # (T, B, K)
+                frames = self.network.output_lengths(batch_widths)  # (B,)
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize()
+                yield batch, log_probs, frames, time.perf_counter() - start
+
+    def read_lines(
+        self,
+        line: Callable[[int], torch.Tensor],
+        widths: Sequence[int],
+        decoders: Sequence[str],
+        progress: str | None = None,
+    ) -> Readings:
+        """Lines ``line(i)`` read once by the network (``emissions``) and decoded by each of
+        ``decoders``: per decoder, the readings in index order; and the seconds of each step
+        (``model``, then one per decoder)."""
+        unknown = [name for name in decoders if name not in self.decoders]
+        if unknown:
+            hint = " (it needs a character LM: lm=...)" if "beam_lm" in unknown else ""
+            raise PipelineError(
+                f"no decoder {', '.join(unknown)}{hint}; have {', '.join(self.decoders)}"
+            )
+        found: dict[str, list] = {name: [None] * len(widths) for name in decoders}
+        seconds: dict[str, float] = defaultdict(float)
+        for batch, log_probs, frames, network_seconds in self.emissions(line, widths, progress):
+            seconds["model"] += network_seconds
+            frame_counts = frames.tolist()
+            for name in decoders:
+                start = time.perf_counter()
+                hypotheses = self.decoders[name](log_probs, frames)
+                seconds[name] += time.perf_counter() - start
+                # batches are sorted by width: each reading goes back to its line's index
+                for index, hypothesis, count in zip(batch, hypotheses, frame_counts, strict=True):
+                    found[name][index] = Reading(
+                        hypothesis.text,
+                        path_confidence(hypothesis.score, count),
+                        hypothesis.score,
+                        count,
+                    )
+        return Readings(found, seconds)

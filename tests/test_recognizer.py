@@ -1,0 +1,105 @@
+"""The Recognizer, the one inference loop: known answers from a hand-built network."""
+
+import dataclasses
+import io
+import math
+import random
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pipeline.charset import Charset
+from pipeline.errors import PipelineError
+from pipeline.recognizer import Recognizer, path_confidence
+from tests.conftest import png_bytes
+
+LETTERS = "abcdefghij"
+SURE = 0.9  # the probability the fake network gives its best class on every frame
+
+
+class WidthSpeller(torch.nn.Module):
+    """Stands in for the CRNN: one frame per 2 px; frame 0 says the letter ``LETTERS[(width
+    // 10) % 10]``, every other frame blank, each with probability ``SURE``. Records the
+    widths of every batch it is given."""
+
+    def __init__(self, height: int) -> None:
+        super().__init__()
+        self.config = SimpleNamespace(architecture=SimpleNamespace(height=height))
+        self.batches: list[list[int]] = []
+
+    def output_lengths(self, widths: torch.Tensor) -> torch.Tensor:
+        return widths // 2
+
+    def forward(self, images: torch.Tensor, widths: torch.Tensor):  # (B, 1, H, W)
+        self.batches.append(widths.tolist())
+        frames, classes = int(images.shape[-1]) // 2, len(LETTERS) + 1
+        other = math.log((1 - SURE) / (classes - 1))
+        log_probs = torch.full((frames, len(widths), classes), other)  # (T, B, K)
+        log_probs[:, :, 0] = math.log(SURE)  # blank
+        for b, width in enumerate(widths.tolist()):
+            letter = 1 + (width // 10) % 10
+            log_probs[0, b, :] = other
+            log_probs[0, b, letter] = math.log(SURE)
+        return log_probs, None
+
+
+def _recognizer(tiny_params, height: int = 32, batch_size: int = 3) -> Recognizer:
+    evaluate = dataclasses.replace(tiny_params.evaluate, batch_size=batch_size)
+    params = dataclasses.replace(tiny_params, evaluate=evaluate)
+    return Recognizer(WidthSpeller(height), Charset(tuple(LETTERS)), params, torch.device("cpu"))
+
+
+def test_readings_come_back_in_input_order_after_width_sorting(tiny_params):
+    recognizer = _recognizer(tiny_params)
+    widths = [10 * k + 4 for k in range(1, 11)] * 2
+    random.Random(0).shuffle(widths)
+    lines = [torch.zeros(1, 32, w) for w in widths]
+    for decoder in ("greedy", "beam"):
+        read = recognizer.read_lines(lines.__getitem__, widths, [decoder])
+        expected = [LETTERS[(w // 10) % 10] for w in widths]
+        assert [r.text for r in read.by_decoder[decoder]] == expected
+        assert [r.frames for r in read.by_decoder[decoder]] == [w // 2 for w in widths]
+    # the network saw batches of at most 3 lines, each sorted, in ascending width
+    seen = recognizer.network.batches[-7:]
+    assert [len(batch) for batch in seen] == [3, 3, 3, 3, 3, 3, 2]
+    flat = [w for batch in seen for w in batch]
+    assert flat == sorted(widths)
+
+
+def test_confidence_is_the_geometric_mean_of_the_path_probability(tiny_params):
+    recognizer = _recognizer(tiny_params)
+    [reading] = recognizer.read_lines(
+        lambda i: torch.zeros(1, 32, 64), [64], ["greedy"]
+    ).by_decoder["greedy"]
+    assert reading.text == LETTERS[6] and reading.frames == 32
+    assert reading.score == pytest.approx(32 * math.log(SURE), rel=1e-5)
+    assert reading.confidence == pytest.approx(SURE, rel=1e-5)
+    assert path_confidence(-2.0, 4) == pytest.approx(math.exp(-0.5))
+    assert path_confidence(0.0, 0) == 1.0
+
+
+def test_read_takes_paths_bytes_pil_images_and_arrays_alike(tiny_params, tmp_path):
+    recognizer = _recognizer(tiny_params, height=32)
+    png = png_bytes(width=150, height=40)  # stored at 32 px high: 120 px wide
+    path = tmp_path / "line.png"
+    path.write_bytes(png)
+    image = Image.open(io.BytesIO(png))
+    inputs = [path, str(path), png, image, np.array(image), np.array(image.convert("RGB"))]
+    readings = recognizer.read(inputs, decoder="greedy")
+    assert [r.text for r in readings] == [LETTERS[2]] * len(inputs)  # 120 px -> "c"
+
+
+def test_read_names_the_line_it_cannot_read(tiny_params, tmp_path):
+    recognizer = _recognizer(tiny_params)
+    good = png_bytes(width=150, height=40)
+    with pytest.raises(PipelineError, match=r"image 1: undecodable_image"):
+        recognizer.read([good, b"not an image"])
+    with pytest.raises(PipelineError, match=r"missing\.png: unreadable_file"):
+        recognizer.read([tmp_path / "missing.png"])
+    with pytest.raises(PipelineError, match=r"image 0: bad_array"):
+        recognizer.read([np.zeros((40, 150), dtype=np.float32)])
+    with pytest.raises(PipelineError, match=r"no decoder beam_lm \(it needs a character LM"):
+        recognizer.read([good], decoder="beam_lm")
