@@ -16,6 +16,14 @@ from pipeline.errors import PipelineError
 
 BLANK_ID = 0
 CHARSET_VERSION = 1
+# Unicode control (Cc) and format (Cf) characters: invisible (zero-width spaces and joiners,
+# bidi marks, soft hyphens, BOMs) or not text at all (BEL, ESC). None can enter a charset,
+# and pull removes them from text.
+INVISIBLE_CATEGORIES = ("Cc", "Cf")
+
+
+def is_invisible(char: str) -> bool:
+    return unicodedata.category(char) in INVISIBLE_CATEGORIES
 
 
 class CharsetError(PipelineError, ValueError):
@@ -30,7 +38,7 @@ class Charset:
         for ch in self.characters:
             if len(ch) != 1:
                 raise CharsetError(f"charset entries must be single characters, got {ch!r}")
-            if unicodedata.category(ch) in ("Cc", "Cf") or (ch.isspace() and ch != " "):
+            if is_invisible(ch) or (ch.isspace() and ch != " "):
                 raise CharsetError(
                     f"charset entries must be visible characters or ' ', got {ch!r} "
                     f"(Unicode category {unicodedata.category(ch)})"

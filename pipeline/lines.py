@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from pipeline.charset import is_invisible
 from pipeline.errors import PipelineError
 from pipeline.layout import SPLITS  # noqa: F401  (re-exported: sources iterate it)
 
@@ -88,13 +89,6 @@ class LinesFileError(PipelineError):
 _WHITESPACE = re.compile(r"\s+")
 # An ANSI escape sequence (colour codes pasted from a terminal): removed whole, not only ESC.
 _ANSI_ESCAPE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[@-Z\\-_]")
-# Unicode control (Cc) and format (Cf) characters: invisible (zero-width spaces and joiners,
-# bidi marks, soft hyphens, BOMs) or not text at all (BEL, ESC). None can enter a charset.
-INVISIBLE_CATEGORIES = ("Cc", "Cf")
-
-
-def is_invisible(char: str) -> bool:
-    return unicodedata.category(char) in INVISIBLE_CATEGORIES
 
 
 def normalize_text(text: object) -> tuple[str, str]:
