@@ -40,6 +40,13 @@ DROP_REASONS = (
     "image_too_small",
     "image_too_large",
     "too_wide",
+    # the pages source (pipeline/pages.py)
+    "malformed_xml",
+    "unknown_namespace",
+    "missing_image",
+    "image_name_mismatch",
+    "line_outside_image",
+    "degenerate_polygon",
 )
 MIN_SOURCE_SIDE = 8  # px; a source image thinner or narrower than this holds no readable text
 
@@ -67,6 +74,7 @@ class SourceRow:
     image: object  # encoded image bytes (anything else is a bad row)
     text: object
     writer: str | None
+    error: BadRow | None = None  # known bad at the source (a page's XML or image): dropped
 
 
 class BadRow(ValueError):
@@ -221,6 +229,9 @@ def normalize_rows(
     """Source rows -> schema rows; bad rows are counted in ``drops``."""
     rows = []
     for source in source_rows:
+        if source.error is not None:
+            drops.add(source.name, source.error)
+            continue
         try:
             text, removed = normalize_text(source.text)
             png, width, row_height = normalize_image(source.image, height, max_aspect_ratio)

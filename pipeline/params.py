@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,9 +34,14 @@ def _require(condition: bool, key: str, message: str) -> None:
 
 @dataclass(frozen=True)
 class DataParams:
-    source: Literal["synthetic", "hub"]
+    source: Literal["synthetic", "hub", "pages"]
     hub_id: str  # a HuggingFace dataset id, or a local folder laid out like one
     hub_revision: str  # commit, tag or branch of the hub dataset; ignored for a local folder
+    pages_dir: str  # source pages: a folder of page images with ALTO or PAGE XML beside them
+    pages_group_regex: str  # a page's group (writer, document): first group, on its path
+    pages_split_ratio: tuple[float, ...]  # train/validation/test share of groups (no folders)
+    pages_line_labels: tuple[str, ...]  # keep lines with one of these labels; () keeps all
+    pages_min_chars: int  # shorter transcriptions are left out
     height: int  # every stored line is resized to this height (px), aspect ratio kept
     max_bad_fraction: float  # pull fails when more rows than this are unusable
     max_aspect_ratio: float  # a wider image (width / height) is no text line: dropped
@@ -49,6 +55,22 @@ class DataParams:
         )
         _require(bool(self.hub_id.strip()), "data.hub_id", "must not be empty")
         _require(self.max_aspect_ratio >= 1.0, "data.max_aspect_ratio", "must be >= 1")
+        _require(
+            self.source != "pages" or bool(self.pages_dir.strip()),
+            "data.pages_dir",
+            "must name a folder of pages when data.source is pages",
+        )
+        try:
+            re.compile(self.pages_group_regex)
+        except re.error as error:
+            _require(False, "data.pages_group_regex", f"not a regular expression: {error}")
+        ratio = self.pages_split_ratio
+        _require(
+            len(ratio) == 3 and min(ratio) >= 0 and math.isclose(sum(ratio), 1.0),
+            "data.pages_split_ratio",
+            f"needs three shares (train, validation, test) summing to 1, got {list(ratio)}",
+        )
+        _require(self.pages_min_chars >= 1, "data.pages_min_chars", "must be >= 1")
 
 
 @dataclass(frozen=True)

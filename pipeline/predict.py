@@ -3,6 +3,7 @@
     htr predict models/model.ckpt scans/ line.png lines.parquet
     htr predict models/model.ckpt scans/ --decoder greedy --format csv -o out.csv
     htr predict models/model.ckpt scans/ --decoder beam_lm --lm models/lm.json
+    htr predict models/model.ckpt pages/ --pages-out pages-read/   # ALTO / PAGE written back
 
 Needs only the model file (its charset and architecture travel inside it). Beam settings
 come from the ``evaluate`` section of ``--params`` (the project's params.yaml by default).
@@ -28,6 +29,7 @@ from pipeline.command import run_command
 from pipeline.errors import PipelineError
 from pipeline.layout import PROJECT_PARAMS
 from pipeline.lines import BadRow
+from pipeline.pages import find_page_files, page_lines_to_read, write_back
 from pipeline.recognizer import Recognizer
 
 log = logging.getLogger(__name__)
@@ -117,6 +119,61 @@ def predict(
     return predictions
 
 
+def _page_files(inputs: list[Path]) -> list[tuple[Path, Path]]:
+    """(XML file, its folder of pages) for folders of pages and single XML files."""
+    found = []
+    for path in inputs:
+        if path.is_dir():
+            found += [(xml, path) for xml in find_page_files(path)]
+        else:
+            found.append((path, path.parent))
+    return found
+
+
+def predict_pages(
+    model_path: Path,
+    inputs: list[Path],
+    decoder_name: str,
+    params_path: Path,
+    out_dir: Path,
+    lm_path: Path | None = None,
+) -> list[Prediction]:
+    """Read every line of pages (ALTO or PAGE XML beside their images; lines from the XML,
+    their text ignored) and write a copy of each XML under ``out_dir`` (same relative path)
+    with the recognized text. One prediction per line, named ``<xml>:<line id>``."""
+    if decoder_name == "beam_lm" and lm_path is None:
+        raise PipelineError("--decoder beam_lm needs --lm (the lm stage writes models/lm.json)")
+    recognizer = Recognizer.load(model_path, lm=lm_path, params=params_path)
+    predictions: list[Prediction] = []
+    pages, stored, owners = [], [], []
+    for xml, folder in _page_files(inputs):
+        try:
+            page, crops, problems = page_lines_to_read(xml)
+        except BadRow as error:
+            predictions.append(Prediction(str(xml), None, None, f"{error.reason}: {error.detail}"))
+            continue
+        for line_id, png in crops:
+            try:
+                stored.append(recognizer.stored_line(png))
+                owners.append((len(pages), line_id))
+            except BadRow as error:
+                problems[line_id] = str(error)
+        pages.append((page, xml.relative_to(folder), problems, {}))
+    read = recognizer.read_stored(stored, [decoder_name], progress="predict")
+    for (index, line_id), reading in zip(owners, read.by_decoder[decoder_name], strict=True):
+        pages[index][3][line_id] = (reading.text, round(reading.confidence, 4))
+    for page, relative, problems, readings in pages:
+        write_back(page, readings, out_dir / relative)
+        for line in page.lines:
+            name = f"{page.xml}:{line.id}"
+            if line.id in readings:
+                text, confidence = readings[line.id]
+                predictions.append(Prediction(name, text, confidence, None))
+            else:
+                predictions.append(Prediction(name, None, None, problems[line.id]))
+    return predictions
+
+
 def format_predictions(predictions: list[Prediction], output_format: str) -> str:
     readable = [p for p in predictions if p.error is None]
     if output_format == "json":
@@ -143,6 +200,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--format", choices=["text", "csv", "json"], default="text")
     parser.add_argument("-o", "--output", type=Path, help="write here instead of stdout")
     parser.add_argument(
+        "--pages-out",
+        type=Path,
+        help="inputs are pages (folders of images with ALTO or PAGE XML beside them, or XML "
+        "files): write a copy of each XML here with the recognized text",
+    )
+    parser.add_argument(
         "--params",
         type=Path,
         default=PROJECT_PARAMS,
@@ -153,7 +216,13 @@ def main(argv: list[str] | None = None) -> None:
 
     def work() -> None:
         nonlocal failed
-        predictions = predict(args.model, args.inputs, args.decoder, args.params, args.lm)
+        if args.pages_out:
+            predictions = predict_pages(
+                args.model, args.inputs, args.decoder, args.params, args.pages_out, args.lm
+            )
+            print(f"[predict] wrote the pages with their text to {args.pages_out}", file=sys.stderr)
+        else:
+            predictions = predict(args.model, args.inputs, args.decoder, args.params, args.lm)
         for prediction in predictions:
             if prediction.error is not None:
                 failed += 1

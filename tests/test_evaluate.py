@@ -162,3 +162,27 @@ def test_beam_lm_is_scored_beside_greedy_and_beam(trained, tmp_path):
         assert set(metrics[split]["beam_lm"]) == {"cer", "wer", "cer_case_insensitive"}
     rows = pq.read_table(tmp_path / "predictions.parquet").to_pylist()
     assert {"beam_lm", "beam_lm_cer"} <= set(rows[0])
+
+
+def test_predict_writes_the_text_back_into_alto_and_page_files(trained, tmp_path):
+    from pipeline.pages import read_page
+    from pipeline.predict import predict_pages
+    from tests.test_pages import pages_folder
+
+    _, root = trained
+    folder = pages_folder(
+        tmp_path / "pages", ["alto_v4_polygons", "page_2019_polygons", "bad_missing_image"]
+    )
+    out = tmp_path / "read"
+    predictions = predict_pages(root / "model.ckpt", [folder], "greedy", ROOT / "params.yaml", out)
+    errors = [p for p in predictions if p.error]
+    assert [p.name for p in errors] == [str(folder / "bad_missing_image.xml")]
+    read = {p.name: p for p in predictions if not p.error}
+    assert len(read) == 3 + 2  # every line, transcribed in the XML or not (l3 is not)
+    for name in ("alto_v4_polygons", "page_2019_polygons"):
+        written = read_page(out / f"{name}.xml")
+        for line in written.lines:
+            prediction = read[f"{folder / name}.xml:{line.id}"]
+            assert line.text == prediction.text  # the recognized text, not the old one
+            assert 0.0 <= prediction.confidence <= 1.0
+    assert not (out / "bad_missing_image.xml").exists()

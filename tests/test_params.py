@@ -103,3 +103,17 @@ def test_file_errors_name_the_file(tmp_path):
     bad.write_text("data: [unclosed")
     with pytest.raises(ParamsError, match=r"bad\.yaml: not valid YAML"):
         load_params(bad)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"source": "pages", "pages_dir": ""}, "data.pages_dir: must name a folder of pages"),
+        ({"pages_group_regex": "(unclosed"}, "data.pages_group_regex: not a regular expression"),
+        ({"pages_split_ratio": [0.8, 0.2]}, "data.pages_split_ratio: needs three shares"),
+        ({"pages_split_ratio": [0.8, 0.1, 0.2]}, "data.pages_split_ratio: needs three shares"),
+        ({"pages_min_chars": 0}, "data.pages_min_chars: must be >= 1"),
+    ],
+)
+def test_pages_settings_are_checked(change, message):
+    assert message in _error(lambda m: m["data"].update(change))
