@@ -95,8 +95,22 @@ class SyntheticParams:
     paper_min: int  # paper grey level range (0-255)
     paper_max: int
     noise_std: float  # grey levels of Gaussian paper noise
+    # What a line cut from a real page also holds (poilus-b1, IAM crops):
+    paper_texture: float  # grey levels of smooth, blotchy paper variation
+    vertical_margin_max: float  # up to this fraction of the height added above and below
+    ruling_probability: float  # a ruled line under the text
+    neighbour_probability: float  # per side: descenders/ascenders of the line above/below
 
     def __post_init__(self) -> None:
+        for name in ("ruling_probability", "neighbour_probability"):
+            value = getattr(self, name)
+            _require(0.0 <= value <= 1.0, f"synthetic.{name}", f"must be in [0, 1], got {value}")
+        _require(
+            0.0 <= self.vertical_margin_max <= 1.0,
+            "synthetic.vertical_margin_max",
+            f"must be in [0, 1], got {self.vertical_margin_max}",
+        )
+        _require(self.paper_texture >= 0.0, "synthetic.paper_texture", "must be >= 0")
         for name in ("train_lines", "validation_lines", "test_lines"):
             value = getattr(self, name)
             _require(value >= 1, f"synthetic.{name}", f"must be >= 1, got {value}")

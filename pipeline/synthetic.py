@@ -136,10 +136,25 @@ def _truetype(path: str, size: int) -> ImageFont.FreeTypeFont:
     return ImageFont.truetype(path, size)
 
 
+def _neighbour_text(rng: np.random.Generator, count: int) -> str:
+    words = corpus_words()
+    return " ".join(words[int(i)] for i in rng.integers(len(words), size=count))
+
+
+def _paper_texture(shape: tuple[int, int], amount: float, rng: np.random.Generator) -> np.ndarray:
+    """Smooth blotches: a coarse random grid (one node per ~12 px) upsampled bilinearly."""
+    if amount <= 0:
+        return np.zeros(shape, dtype=np.float32)
+    coarse = rng.normal(0.0, amount, size=(max(2, shape[0] // 12), max(2, shape[1] // 12)))
+    image = Image.fromarray(coarse.astype(np.float32), "F")
+    return np.asarray(image.resize((shape[1], shape[0]), Image.Resampling.BILINEAR))
+
+
 def render_line(
     text: str, font_name: str, params: SyntheticParams, rng: np.random.Generator
 ) -> Image.Image:
-    """One grayscale line image (dark ink on light paper) at ``params.render_height``."""
+    """One grayscale line image (dark ink on light paper), ``params.render_height`` high plus
+    its random vertical margins."""
     loaded = load_font(font_name)
     height = params.render_height
     jitter = 1.0 + params.size_jitter * rng.uniform(-1.0, 1.0)
@@ -152,43 +167,67 @@ def render_line(
     stroke = int(rng.integers(0, params.stroke_width_max + 1))
     words = text.split(" ")
     slant = params.slant_max * rng.uniform(-1.0, 1.0)
+    margins = [round(height * params.vertical_margin_max * rng.uniform()) for _ in range(2)]
+    canvas_height = height + sum(margins)
 
     margin = int(height * 0.5)
     total = sum(font.getlength(w) for w in words) + space * (1 + params.word_spacing_jitter) * len(
         words
     )
-    canvas_width = int(total) + 2 * margin + int(abs(slant) * height)
-    ink = Image.new("L", (canvas_width, height), 0)  # ink coverage: 0 paper, 255 ink
+    canvas_width = int(total) + 2 * margin + int(abs(slant) * canvas_height)
+    ink = Image.new("L", (canvas_width, canvas_height), 0)  # ink coverage: 0 paper, 255 ink
     draw = ImageDraw.Draw(ink)
-    top = (height - (ascent + descent)) / 2
+    middle = (height - (ascent + descent)) / 2
+    top = margins[0] + middle
     x, drift = float(margin), 0.0
     for word in words:
         drift = 0.6 * drift + rng.normal(0.0, params.baseline_drift * size)
-        drift = float(np.clip(drift, -top, top))
+        drift = float(np.clip(drift, -middle, middle))
         draw.text((x, top + drift), word, font=font, fill=255, stroke_width=stroke, stroke_fill=255)
         gap = space * (1.0 + params.word_spacing_jitter * rng.uniform(-1.0, 1.0))
         x += font.getlength(word) + gap
 
+    # What is not the line (it must not decide the crop): the lines above and below, cut
+    # off by the canvas edge, and a ruled line near the baseline, fainter than ink.
+    others = Image.new("L", ink.size, 0)
+    draw_others = ImageDraw.Draw(others)
+    pitch = (ascent + descent) * rng.uniform(0.65, 0.95)  # handwritten lines sit close
+    for direction in (-1, 1):
+        if rng.uniform() < params.neighbour_probability:
+            start = margin + rng.uniform(-0.5, 0.5) * margin
+            draw_others.text(
+                (start, top + direction * pitch), _neighbour_text(rng, 12), font=font, fill=255
+            )
+    if rng.uniform() < params.ruling_probability:
+        y = top + ascent + rng.uniform(0.0, 0.35) * descent
+        draw_others.line(
+            (0, y, canvas_width, y + rng.uniform(-2, 2)),
+            fill=int(rng.uniform(80, 180)),
+            width=int(rng.integers(1, 3)),
+        )
+
     # Slant: shear about the vertical centre so the line stays on the canvas.
-    ink = ink.transform(
-        ink.size,
-        Image.Transform.AFFINE,
-        (1.0, slant, -slant * height / 2, 0.0, 1.0, 0.0),
-        resample=Image.Resampling.BILINEAR,
-    )
-    coverage = np.asarray(ink, dtype=np.float32) / 255.0
-    coverage = _elastic(coverage, params.elastic_alpha, params.elastic_sigma, rng)
+    shear = (1.0, slant, -slant * canvas_height / 2, 0.0, 1.0, 0.0)
+    coverages = []
+    for layer in (ink, others):
+        layer = layer.transform(
+            layer.size, Image.Transform.AFFINE, shear, resample=Image.Resampling.BILINEAR
+        )
+        coverage = np.asarray(layer, dtype=np.float32) / 255.0
+        coverages.append(_elastic(coverage, params.elastic_alpha, params.elastic_sigma, rng))
+    coverage, other_coverage = coverages
 
     columns = np.flatnonzero(coverage.max(axis=0) > 0.1)
     if columns.size == 0:
         raise SyntheticError(f"font {font_name!r} drew nothing for {text!r}")
     pad = int(rng.integers(2, max(3, height // 8)))
     left, right = max(0, columns[0] - pad), min(coverage.shape[1], columns[-1] + 1 + pad)
-    coverage = coverage[:, left:right]
+    coverage = np.maximum(coverage, other_coverage)[:, left:right]
 
     ink_level = rng.uniform(params.ink_min, params.ink_max)
     paper_level = rng.uniform(params.paper_min, params.paper_max)
-    pixels = paper_level + (ink_level - paper_level) * coverage
+    paper = paper_level + _paper_texture(coverage.shape, params.paper_texture, rng)
+    pixels = paper + (ink_level - paper) * coverage
     pixels += rng.normal(0.0, params.noise_std, size=pixels.shape)
     return Image.fromarray(np.clip(pixels, 0, 255).round().astype(np.uint8), "L")
 

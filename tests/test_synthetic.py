@@ -90,7 +90,38 @@ def test_rendered_line_has_dark_ink_on_light_paper(tiny_params):
         "Hello world", "kalam", tiny_params.synthetic, np.random.default_rng(0)
     )
     pixels = np.asarray(image)
-    assert image.mode == "L" and image.height == tiny_params.synthetic.render_height
+    most = round(
+        tiny_params.synthetic.render_height * (1 + 2 * tiny_params.synthetic.vertical_margin_max)
+    )
+    assert image.mode == "L" and tiny_params.synthetic.render_height <= image.height <= most
     assert pixels.min() <= tiny_params.synthetic.ink_max + 30
     assert np.median(pixels) >= tiny_params.synthetic.paper_min - 30
-    assert image.width > 2 * image.height  # a line, not a blob
+    assert image.width > 2 * tiny_params.synthetic.render_height  # a line, not a blob
+
+
+def test_neighbouring_lines_show_at_the_edges(tiny_params):
+    """With the line itself held still (no drift, slant or warp), the band above and below
+    it is paper, unless the lines above and below are drawn: their descenders and ascenders
+    come in, as on a line cut from a page."""
+
+    def inked_edges(seed: int, **look) -> int:
+        params = dataclasses.replace(
+            tiny_params.synthetic,
+            vertical_margin_max=0.0,
+            paper_texture=0.0,
+            noise_std=0.0,
+            baseline_drift=0.0,
+            slant_max=0.0,
+            elastic_alpha=0.0,
+            ruling_probability=0.0,
+            **look,
+        )
+        image = synthetic.render_line("Hello world", "kalam", params, np.random.default_rng(seed))
+        pixels = np.asarray(image).astype(int)
+        band = round(params.render_height * 0.1)  # the text fills the middle 75 %
+        paper = int(np.median(pixels))
+        return int((pixels[:band] < paper - 60).any()) + int((pixels[-band:] < paper - 60).any())
+
+    seeds = range(6)
+    assert sum(inked_edges(seed, neighbour_probability=0.0) for seed in seeds) == 0
+    assert sum(inked_edges(seed, neighbour_probability=1.0) for seed in seeds) >= 8  # of 12
