@@ -12,6 +12,7 @@ minutes of training) are appended to ``--out`` and printed as a markdown table.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 from pathlib import Path
 
@@ -43,6 +44,7 @@ RUNS: dict[str, dict] = {
     # more optimizer steps, and lighter augmentation
     "recipe-b8": {**RECIPE, **PRETRAINED, "train.batch_size": 8},
     "recipe-aug25": {**RECIPE, **PRETRAINED, "augment.probability": 0.25},
+    "recipe-b8-aug25": {**RECIPE, **PRETRAINED, "train.batch_size": 8, "augment.probability": 0.25},
 }
 
 
@@ -57,9 +59,12 @@ def run_one(name: str, overrides: dict, data: Path, work: Path) -> dict:
     evaluation = json.loads((run.folder / "evaluate.json").read_text())
     speed = json.loads((run.folder / "train_speed.json").read_text())
     trained = json.loads((run.folder / "train.json").read_text())
+    teacher = Path(params["train"]["init_from"]) if params["train"]["init_from"] else None
     return {
         "name": name,
         "overrides": overrides,
+        # which `make repro` model it was fine-tuned from (the teacher changes with the commit)
+        "pretrained_md5": hashlib.md5(teacher.read_bytes()).hexdigest() if teacher else None,
         "train_minutes": round(speed["fit_seconds"] / 60, 1),
         "epochs": trained["epochs"],
         "parameters": trained["parameters"],

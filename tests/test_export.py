@@ -47,6 +47,31 @@ def test_onnxruntime_reads_lines_of_any_width_as_torch_does(trained, tmp_path):
     _assert_onnx_matches_torch(model_path, root, tmp_path)
 
 
+POILUS = ROOT.parent / "shared" / "data" / "poilus-b1"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not POILUS.is_dir(), reason="../shared/data is not beside the project")
+def test_onnxruntime_reads_real_handwriting_as_torch_does(trained, tmp_path):
+    """Real scanned lines (poilus-b1's validation split, 142 lines of 7 writers), pulled
+    at the model's height, through a contrast-normalized model."""
+    params, _, _ = trained
+    real = dataclasses.replace(
+        params,
+        data=dataclasses.replace(
+            params.data, source="hub", hub_id=str(POILUS), max_bad_fraction=0.05
+        ),
+        model=dataclasses.replace(params.model, input_norm="contrast"),
+    )
+    pull(real, tmp_path / "lines", tmp_path / "data.json")
+    model_path = tmp_path / "model.ckpt"
+    outputs = TrainOutputs(model_path, tmp_path / "checkpoints", tmp_path / "live",
+                           tmp_path / "train.json", tmp_path / "speed.json")  # fmt: skip
+    train(dataclasses.replace(real, train=dataclasses.replace(real.train, max_epochs=1)),
+          LinesFolder(tmp_path / "lines"), outputs)  # fmt: skip
+    _assert_onnx_matches_torch(model_path, tmp_path, tmp_path)
+
+
 def _assert_onnx_matches_torch(model_path, root, tmp_path):
     onnx_path = export_onnx(model_path, tmp_path / "model.onnx")
     module = load_model(model_path)
