@@ -106,11 +106,14 @@ def main() -> None:
     parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
     parser.add_argument("--work", type=Path, default=Path("/tmp/htr-real"))
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "real.json")
+    parser.add_argument(
+        "--tag", default="", help="appended to the run names in the results (e.g. the teacher)"
+    )
     args = parser.parse_args()
     results = json.loads(args.out.read_text()) if args.out.exists() else []
     for name in args.runs:
-        result = run_one(name, RUNS[name], args.data, args.work)
-        results = [r for r in results if r["name"] != name] + [result]
+        result = run_one(name + args.tag, RUNS[name], args.data, args.work)
+        results = [r for r in results if r["name"] != result["name"]] + [result]
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=1) + "\n")
         print(table([result]), flush=True)

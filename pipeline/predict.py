@@ -195,9 +195,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "inputs", type=Path, nargs="+", help="image files, folders or parquet files"
     )
-    parser.add_argument("--decoder", choices=["greedy", "beam", "beam_lm"], default="beam")
+    parser.add_argument(
+        "--decoder",
+        choices=["greedy", "beam", "beam_lm"],
+        default="beam",
+        help="beam_lm adds the character LM and needs --lm (default: %(default)s)",
+    )
     parser.add_argument("--lm", type=Path, help="character LM for beam_lm (models/lm.json)")
-    parser.add_argument("--format", choices=["text", "csv", "json"], default="text")
+    parser.add_argument(
+        "--format",
+        choices=["text", "csv", "json"],
+        default="text",
+        help="text: name, confidence and text, tab-separated (default: %(default)s)",
+    )
     parser.add_argument("-o", "--output", type=Path, help="write here instead of stdout")
     parser.add_argument(
         "--pages-out",
