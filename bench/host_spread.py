@@ -66,7 +66,7 @@ def main() -> None:
         )
         lines = run.folder / "lines"
         run.pull(lines)
-        run.evaluate(lines, run.train(lines))
+        run.evaluate(lines, run.train(lines), run.lm(lines))  # beam_lm too, as dvc repro
         actual = run.folder / "metrics"
         actual.mkdir(exist_ok=True)
         (actual / "data.json").write_text((run.folder / "lines-data.json").read_text())
