@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
@@ -47,14 +48,30 @@ ImageInput = str | Path | bytes | Image.Image | np.ndarray
 @dataclass(frozen=True)
 class Reading:
     text: str
-    confidence: float  # geometric mean of the per-frame probability of the decoder's path
-    score: float  # the decoder's log score: path log-probability (greedy), beam score (beam)
+    # P(text | line) by the network (all CTC alignments), as a geometric mean per frame: the
+    # same scale for every decoder (a beam_lm score carries the LM and its bonus)
+    confidence: float
+    score: float  # the decoder's own log score: best path (greedy), beam score (beam, beam_lm)
     frames: int  # CTC frames the network gave the line
 
 
-def path_confidence(score: float, frames: int) -> float:
-    """exp(score / frames): 1.0 when every frame of the path is certain."""
-    return math.exp(score / max(frames, 1))
+def per_frame(log_probability: float, frames: int) -> float:
+    """exp(log P / frames): 1.0 when the network is certain of every frame."""
+    return math.exp(log_probability / max(frames, 1))
+
+
+def text_log_likelihoods(
+    log_probs: torch.Tensor, frames: torch.Tensor, texts: Sequence[str], charset: Charset
+) -> list[float]:
+    """log P(text | line) under the network, summed over CTC alignments: ``log_probs
+    (T, B, K)``, ``frames (B,)`` -> one value per line."""
+    targets = [torch.tensor(charset.encode_known(text), dtype=torch.long) for text in texts]
+    lengths = torch.tensor([len(t) for t in targets], dtype=torch.long)
+    flat = torch.cat([*targets, torch.zeros(0, dtype=torch.long)])
+    losses = F.ctc_loss(
+        log_probs.float().cpu(), flat, frames.cpu(), lengths, reduction="none", zero_infinity=False
+    )  # (B,) -log P
+    return (-losses).tolist()
 
 
 @dataclass(frozen=True)
@@ -207,12 +224,13 @@ class Recognizer:
                 start = time.perf_counter()
                 hypotheses = self.decoders[name](log_probs, frames)
                 seconds[name] += time.perf_counter() - start
+                texts = [hypothesis.text for hypothesis in hypotheses]
+                likelihoods = text_log_likelihoods(log_probs, frames, texts, self.charset)
                 # batches are sorted by width: each reading goes back to its line's index
-                for index, hypothesis, count in zip(batch, hypotheses, frame_counts, strict=True):
+                for index, hypothesis, count, likelihood in zip(
+                    batch, hypotheses, frame_counts, likelihoods, strict=True
+                ):
                     found[name][index] = Reading(
-                        hypothesis.text,
-                        path_confidence(hypothesis.score, count),
-                        hypothesis.score,
-                        count,
+                        hypothesis.text, per_frame(likelihood, count), hypothesis.score, count
                     )
         return Readings(found, seconds)

@@ -13,7 +13,7 @@ from PIL import Image
 
 from pipeline.charset import Charset
 from pipeline.errors import PipelineError
-from pipeline.recognizer import Recognizer, path_confidence
+from pipeline.recognizer import Recognizer, per_frame
 from tests.conftest import png_bytes
 
 LETTERS = "abcdefghij"
@@ -75,10 +75,33 @@ def test_confidence_is_the_geometric_mean_of_the_path_probability(tiny_params):
         lambda i: torch.zeros(1, 32, 64), [64], ["greedy"]
     ).by_decoder["greedy"]
     assert reading.text == LETTERS[6] and reading.frames == 32
-    assert reading.score == pytest.approx(32 * math.log(SURE), rel=1e-5)
-    assert reading.confidence == pytest.approx(SURE, rel=1e-5)
-    assert path_confidence(-2.0, 4) == pytest.approx(math.exp(-0.5))
-    assert path_confidence(0.0, 0) == 1.0
+    assert reading.score == pytest.approx(32 * math.log(SURE), rel=1e-5)  # the best path
+    # P(text) sums every alignment of the one letter: blanks, the letter on frames s..e,
+    # blanks; frame 0 gives the letter SURE and the blank `other`, later frames the reverse
+    other = (1 - SURE) / len(LETTERS)
+    letter = [SURE] + [other] * 31
+    blank = [other] + [SURE] * 31
+    total = sum(
+        math.prod(blank[:s]) * math.prod(letter[s : e + 1]) * math.prod(blank[e + 1 :])
+        for s in range(32)
+        for e in range(s, 32)
+    )
+    assert reading.confidence == pytest.approx(total ** (1 / 32), rel=1e-5)
+    assert total > SURE**32  # more than the best path alone
+    assert per_frame(-2.0, 4) == pytest.approx(math.exp(-0.5))
+    assert per_frame(0.0, 0) == 1.0
+
+
+def test_confidence_is_on_one_scale_for_every_decoder(tiny_params):
+    recognizer = _recognizer(tiny_params)
+    widths = [64, 90, 110]  # short: no second letter gathers enough alignments to win
+    lines = [torch.zeros(1, 32, w) for w in widths]
+    read = recognizer.read_lines(lines.__getitem__, widths, ["greedy", "beam"])
+    greedy, beam = read.by_decoder["greedy"], read.by_decoder["beam"]
+    assert [r.text for r in greedy] == [r.text for r in beam]
+    # same text, same confidence, though the decoders score it differently
+    assert [r.confidence for r in greedy] == pytest.approx([r.confidence for r in beam])
+    assert all(0.0 < r.confidence <= 1.0 for r in greedy + beam)
 
 
 def test_read_takes_paths_bytes_pil_images_and_arrays_alike(tiny_params, tmp_path):
