@@ -282,9 +282,10 @@ def test_ctrl_c_during_training_says_what_was_kept(tmp_path):
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode != 0
+    model = tmp_path / "models" / "model.ckpt"  # the --model it was given, named as given
     assert (
-        "[train] interrupted: models/model.ckpt was not written; the next `dvc repro` resumes from"
-        in (stderr.decode())
+        f"[train] interrupted: {model} was not written; the next `dvc repro` resumes from"
+        in stderr.decode()
     )
     assert "Traceback" not in stderr.decode()
     assert last.exists() and not (tmp_path / "models" / "model.ckpt").exists()
