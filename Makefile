@@ -70,7 +70,7 @@ ci-baseline: setup
 # outputs before running it) on the folder's lines with the recipe below, as a `dvc exp`
 # (--temp: the workspace is left as it is), then shows its results. Chosen on poilus-b1's
 # validation split (README, "Training on real handwriting").
-REAL_RECIPE := -S data.source=hub -S data.max_bad_fraction=0.05 -S data.height=64 -S model.preset=cpu64 -S model.input_norm=contrast -S train.max_epochs=16 -S train.batch_size=8 -S evaluate.lm_weight=0.5 -S evaluate.lm_char_bonus=2.0
+REAL_RECIPE := -S data.source=hub -S data.max_bad_fraction=0.05 -S data.height=64 -S model.preset=cpu64 -S model.input_norm=contrast -S train.max_epochs=16 -S evaluate.lm_weight=0.5 -S evaluate.lm_char_bonus=2.0
 NAME ?= real-$(notdir $(abspath $(DATA)))
 
 real: repro
