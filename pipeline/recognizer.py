@@ -64,12 +64,12 @@ def text_log_likelihoods(
     log_probs: torch.Tensor, frames: torch.Tensor, texts: Sequence[str], charset: Charset
 ) -> list[float]:
     """log P(text | line) under the network, summed over CTC alignments: ``log_probs
-    (T, B, K)``, ``frames (B,)`` -> one value per line."""
+    (T, B, K)`` and ``frames (B,)`` on the CPU -> one value per line."""
     targets = [torch.tensor(charset.encode_known(text), dtype=torch.long) for text in texts]
     lengths = torch.tensor([len(t) for t in targets], dtype=torch.long)
     flat = torch.cat([*targets, torch.zeros(0, dtype=torch.long)])
     losses = F.ctc_loss(
-        log_probs.float().cpu(), flat, frames.cpu(), lengths, reduction="none", zero_infinity=False
+        log_probs.float(), flat, frames, lengths, reduction="none", zero_infinity=False
     )  # (B,) -log P
     return (-losses).tolist()
 
@@ -220,12 +220,14 @@ class Recognizer:
         for batch, log_probs, frames, network_seconds in self.emissions(line, widths, progress):
             seconds["model"] += network_seconds
             frame_counts = frames.tolist()
+            # one copy per batch for scoring every decoder's text (a no-op on the CPU)
+            cpu_log_probs, cpu_frames = log_probs.float().cpu(), frames.cpu()
             for name in decoders:
                 start = time.perf_counter()
                 hypotheses = self.decoders[name](log_probs, frames)
                 seconds[name] += time.perf_counter() - start
                 texts = [hypothesis.text for hypothesis in hypotheses]
-                likelihoods = text_log_likelihoods(log_probs, frames, texts, self.charset)
+                likelihoods = text_log_likelihoods(cpu_log_probs, cpu_frames, texts, self.charset)
                 # batches are sorted by width: each reading goes back to its line's index
                 for index, hypothesis, count, likelihood in zip(
                     batch, hypotheses, frame_counts, likelihoods, strict=True
