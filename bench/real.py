@@ -31,6 +31,21 @@ NORM = {"model.input_norm": "contrast"}
 # `make repro`'s model; `make real` copies it to models/pretrained.ckpt the same way
 PRETRAINED = {"train.init_from": str(ROOT / "models" / "pretrained.ckpt")}
 RECIPE = makefile_overrides("REAL_RECIPE")
+# The previous session's recipe, the base of most rows: batch 16, 16 epochs, torch's
+# default threads (two on this machine), data loaded in the training process.
+B16 = {
+    **HUB,
+    **H64,
+    **NORM,
+    "train.max_epochs": 16,
+    "evaluate.lm_weight": 0.5,
+    "evaluate.lm_char_bonus": 2.0,
+}
+# On the 2 vCPUs: one compute thread and one data-loading process instead of two compute
+# threads (bench/train_threads.py: 1.76x the training lines/s at batch 8, 1.24x at batch
+# 16; a second thread mostly waits on such small layers, while the loader process then
+# augments the next batch during the network's step)
+ONE_THREAD_ONE_LOADER = {"train.cpu_threads": 1, "train.num_workers": 1}
 
 # one row per change; each is params.yaml plus these
 RUNS: dict[str, dict] = {
@@ -38,13 +53,36 @@ RUNS: dict[str, dict] = {
     "issue-baseline": {**HUB, **PRETRAINED},  # the issue's command: default params, 8 epochs
     "ft32-e20": {**HUB, **PRETRAINED, "train.max_epochs": 20},
     "ft64-norm-e12": {**HUB, **PRETRAINED, **H64, **NORM, "train.max_epochs": 12},
-    "recipe": {**RECIPE, **PRETRAINED},
+    "b16": {**B16, **PRETRAINED},
+    "b16-scratch": B16,  # the same epochs and time, from random weights
+    # b16 underfits (train loss 1.11 vs validation 1.26 per character at its end): lighter
+    # augmentation, or more optimizer steps
+    "b16-aug25": {**B16, **PRETRAINED, "augment.probability": 0.25},
+    "b8": {**B16, **PRETRAINED, "train.batch_size": 8},
+    "b8-1thread": {**B16, **PRETRAINED, "train.batch_size": 8, **ONE_THREAD_ONE_LOADER},
+    "b8-1thread-e22": {
+        **B16,
+        **PRETRAINED,
+        "train.batch_size": 8,
+        **ONE_THREAD_ONE_LOADER,
+        "train.max_epochs": 22,
+    },
+    "b4-1thread": {**B16, **PRETRAINED, "train.batch_size": 4, **ONE_THREAD_ONE_LOADER},
+    "b4-1thread-e22": {
+        **B16,
+        **PRETRAINED,
+        "train.batch_size": 4,
+        **ONE_THREAD_ONE_LOADER,
+        "train.max_epochs": 22,
+    },
+    "b4-1thread-e22-scratch": {  # from random weights, the same epochs and machine
+        **B16,
+        "train.batch_size": 4,
+        **ONE_THREAD_ONE_LOADER,
+        "train.max_epochs": 22,
+    },
+    "recipe": {**RECIPE, **PRETRAINED},  # `make real`
     "recipe-scratch": RECIPE,  # the same epochs and time, from random weights
-    # the recipe underfits (train loss 1.11 vs validation 1.26 per character at its end):
-    # lighter augmentation, or more optimizer steps (batch 8: better, but 34.5 min of
-    # training alone on a fresh clone here, over the 30-minute budget)
-    "recipe-aug25": {**RECIPE, **PRETRAINED, "augment.probability": 0.25},
-    "recipe-b8": {**RECIPE, **PRETRAINED, "train.batch_size": 8},
 }
 
 
