@@ -115,6 +115,28 @@ def test_train_writes_a_self_describing_model_and_metrics(tmp_path, tiny_params)
     assert set(raw) == {"format", "version", "hyper_parameters", "state_dict"}
 
 
+def test_one_thread_and_a_loader_process_train_reproducibly(tmp_path, tiny_params):
+    """The real-handwriting recipe's setting (train.cpu_threads=1, train.num_workers=1):
+    augmentation runs in the loader process, seeded, so two runs give the same weights."""
+    pull(tiny_params, tmp_path / "lines", tmp_path / "data.json")
+    params = dataclasses.replace(
+        tiny_params, train=dataclasses.replace(tiny_params.train, cpu_threads=1, num_workers=1)
+    )
+    threads = torch.get_num_threads()
+    try:
+        for run in ("a", "b"):
+            train(params, LinesFolder(tmp_path / "lines"), _outputs(tmp_path / run))
+    finally:
+        torch.set_num_threads(threads)  # configure_threads set it for this whole process
+    speed = json.loads((tmp_path / "a" / "metrics" / "train_speed.json").read_text())
+    assert speed["threads"] == 1
+    a, b = (load_model(tmp_path / run / "models" / "model.ckpt") for run in ("a", "b"))
+    for (name, weight_a), weight_b in zip(
+        a.model.state_dict().items(), b.model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(weight_a, weight_b), name
+
+
 def test_fine_tuning_extends_the_charset(tmp_path, tiny_params, caplog):
     pull(tiny_params, tmp_path / "lines", tmp_path / "data.json")
     base = tmp_path / "base"
