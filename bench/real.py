@@ -42,8 +42,8 @@ B16 = {
     "evaluate.lm_char_bonus": 2.0,
 }
 # On the 2 vCPUs: one compute thread and one data-loading process instead of two compute
-# threads (bench/train_threads.py: 1.76x the training lines/s at batch 8, 1.24x at batch
-# 16; a second thread mostly waits on such small layers, while the loader process then
+# threads (bench/train_threads.py: 2.7x the training lines/s at batch 4, 1.9x at 8, 1.3x
+# at 16; a second thread mostly waits on such small layers, while the loader process then
 # augments the next batch during the network's step)
 ONE_THREAD_ONE_LOADER = {"train.cpu_threads": 1, "train.num_workers": 1}
 
