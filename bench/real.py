@@ -75,12 +75,6 @@ RUNS: dict[str, dict] = {
         **ONE_THREAD_ONE_LOADER,
         "train.max_epochs": 22,
     },
-    "b4-1thread-e22-scratch": {  # from random weights, the same epochs and machine
-        **B16,
-        "train.batch_size": 4,
-        **ONE_THREAD_ONE_LOADER,
-        "train.max_epochs": 22,
-    },
     "recipe": {**RECIPE, **PRETRAINED},  # `make real`
     "recipe-scratch": RECIPE,  # the same epochs and time, from random weights
 }
