@@ -32,27 +32,16 @@ def measure(lines: Path, overrides: dict, batches: int) -> dict:
     import torch
 
     from pipeline.charset import Charset
-    from pipeline.data import LineDataModule
     from pipeline.layout import LinesFolder
     from pipeline.params import parse_params
-    from pipeline.training import build_module, configure_threads
+    from pipeline.training import build_module, configure_threads, datamodule_for
 
     params = parse_params(params_with(overrides))
     configure_threads(params)
     folder = LinesFolder(lines)
     module = build_module(params, Charset.load(folder.charset))
     network = module.model.train()
-    data = LineDataModule(
-        lines=folder,
-        charset=module.charset,
-        height=network.config.architecture.height,
-        model_frames=network.output_lengths,
-        batch_size=params.train.batch_size,
-        augment=params.augment,
-        seed=params.seed,
-        max_batch_pixels=params.train.max_batch_pixels,
-        num_workers=params.train.num_workers,
-    )
+    data = datamodule_for(params, module, folder)
     data.setup("fit")
     optimizer = torch.optim.AdamW(network.parameters(), lr=1e-5)
     warnings.filterwarnings("ignore", message=".*self.log.*")  # no Trainer: logging is a no-op

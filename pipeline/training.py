@@ -22,6 +22,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+import yaml
 from dvclive.lightning import DVCLiveLogger
 from lightning.pytorch.callbacks import (
     Callback,
@@ -230,6 +231,45 @@ def build_module(params: Params, data_charset: Charset) -> CRNNModule:
     return module
 
 
+def datamodule_for(params: Params, module: CRNNModule, lines: LinesFolder) -> LineDataModule:
+    """The training data as ``module``'s network reads it: its charset, height and frames."""
+    return LineDataModule(
+        lines=lines,
+        charset=module.charset,
+        height=module.model.config.architecture.height,
+        model_frames=module.model.output_lengths,
+        batch_size=params.train.batch_size,
+        augment=params.augment,
+        seed=params.seed,
+        max_batch_pixels=params.train.max_batch_pixels,
+        num_workers=params.train.num_workers,
+    )
+
+
+# DVCLive rewrites these in place; on resume it reads them back (its step, its params).
+LIVE_SUMMARIES = ("metrics.json", "params.yaml")
+
+
+def drop_unreadable_live_summaries(live: Path) -> None:
+    """A run killed while DVCLive rewrote a summary leaves it empty or cut short, and
+    DVCLive's resume would fail on it: remove it. Nothing is lost: the resumed run writes it
+    again at its next step, and the curves (``plots/``) are kept."""
+    for name in LIVE_SUMMARIES:
+        path = live / name
+        if not path.exists():
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+            readable = isinstance(
+                json.loads(text) if name.endswith(".json") else yaml.safe_load(text), dict
+            )
+        except (ValueError, yaml.YAMLError):  # JSONDecodeError and UnicodeDecodeError too
+            readable = False
+        if not readable:
+            log.warning("%s is unreadable (a run killed while writing it): removed", path)
+            path.unlink()
+
+
 def precision_for(params: Params) -> str:
     if params.train.precision != "auto":
         return params.train.precision
@@ -244,17 +284,7 @@ def train(params: Params, lines: LinesFolder, outputs: TrainOutputs) -> dict | N
     checkpoint_dir = outputs.checkpoints
     data_charset = Charset.load(lines.charset)
     module = build_module(params, data_charset)
-    datamodule = LineDataModule(
-        lines=lines,
-        charset=module.charset,
-        height=module.model.config.architecture.height,
-        model_frames=module.model.output_lengths,
-        batch_size=params.train.batch_size,
-        augment=params.augment,
-        seed=params.seed,
-        max_batch_pixels=params.train.max_batch_pixels,
-        num_workers=params.train.num_workers,
-    )
+    datamodule = datamodule_for(params, module, lines)
 
     fingerprint = run_fingerprint(params, lines)
     resume = resume_checkpoint(checkpoint_dir, fingerprint)
@@ -278,6 +308,8 @@ def train(params: Params, lines: LinesFolder, outputs: TrainOutputs) -> dict | N
         callbacks.append(
             EarlyStopping("val/cer", patience=params.train.early_stopping_patience, mode="min")
         )
+    if resume is not None:
+        drop_unreadable_live_summaries(outputs.live)
     logger = DVCLiveLogger(
         dir=str(outputs.live), dvcyaml=False, save_dvc_exp=False, resume=resume is not None
     )

@@ -116,7 +116,7 @@ def test_train_writes_a_self_describing_model_and_metrics(tmp_path, tiny_params)
 
 
 def test_one_thread_and_a_loader_process_train_reproducibly(tmp_path, tiny_params):
-    """The real-handwriting recipe's setting (train.cpu_threads=1, train.num_workers=1):
+    """The default setting (train.cpu_threads=1, train.num_workers=1), set here explicitly:
     augmentation runs in the loader process, seeded, so two runs give the same weights."""
     pull(tiny_params, tmp_path / "lines", tmp_path / "data.json")
     params = dataclasses.replace(
@@ -270,6 +270,25 @@ def test_checkpoints_of_other_params_are_not_resumed(tmp_path, tiny_params, capl
     with caplog.at_level(logging.INFO):
         train(other, LinesFolder(tmp_path / "lines"), _outputs(tmp_path))
     assert "belongs to other params or data: training starts afresh" in caplog.text
+
+
+@pytest.mark.parametrize("summary", ["metrics.json", "params.yaml"])
+def test_a_resume_survives_a_dvclive_summary_cut_short_by_the_kill(
+    tmp_path, tiny_params, caplog, summary
+):
+    """SIGKILL while DVCLive rewrites its summary leaves it empty (seen in 1 of 3 runs of
+    the SIGKILL test); DVCLive's own resume then fails with a JSON or YAML error."""
+    pull(tiny_params, tmp_path / "lines", tmp_path / "data.json")
+    outputs = _outputs(tmp_path)
+    train(tiny_params, LinesFolder(tmp_path / "lines"), outputs)
+    (outputs.checkpoints / "finished.json").unlink()  # as if killed
+    (outputs.live / summary).write_text('{"step": 3, "train' if summary.endswith("json") else "")
+    with caplog.at_level(logging.INFO):
+        metrics = train(tiny_params, LinesFolder(tmp_path / "lines"), outputs)
+    assert "resuming the interrupted run" in caplog.text
+    assert f"{outputs.live / summary} is unreadable" in caplog.text
+    assert metrics is not None and (outputs.checkpoints / "finished.json").exists()
+    assert isinstance(json.loads((outputs.live / "metrics.json").read_text()), dict)
 
 
 @pytest.mark.slow
