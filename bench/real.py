@@ -31,9 +31,13 @@ NORM = {"model.input_norm": "contrast"}
 # `make repro`'s model; `make real` copies it to models/pretrained.ckpt the same way
 PRETRAINED = {"train.init_from": str(ROOT / "models" / "pretrained.ckpt")}
 RECIPE = makefile_overrides("REAL_RECIPE")
-# The previous session's recipe, the base of most rows: batch 16, 16 epochs, torch's
-# default threads (two on this machine), data loaded in the training process.
+# params.yaml's threads when the rows up to b16-aug25 ran: torch's default (two compute
+# threads here), data loaded in the training process. The default is now one thread and
+# one loader process (below); these rows keep what they measured.
+TORCH_THREADS = {"train.cpu_threads": 0, "train.num_workers": 0}
+# The previous session's recipe, the base of most rows: batch 16, 16 epochs.
 B16 = {
+    **TORCH_THREADS,
     **HUB,
     **H64,
     **NORM,
@@ -44,15 +48,17 @@ B16 = {
 # On the 2 vCPUs: one compute thread and one data-loading process instead of two compute
 # threads (bench/train_threads.py: 2.7x the training lines/s at batch 4, 1.9x at 8, 1.3x
 # at 16; a second thread mostly waits on such small layers, while the loader process then
-# augments the next batch during the network's step)
+# augments the next batch during the network's step). params.yaml's default since; the
+# recipe rows get it from there.
 ONE_THREAD_ONE_LOADER = {"train.cpu_threads": 1, "train.num_workers": 1}
 
 # one row per change; each is params.yaml plus these
 RUNS: dict[str, dict] = {
-    "scratch32-b8-e20": {**HUB, "train.batch_size": 8, "train.max_epochs": 20},
-    "issue-baseline": {**HUB, **PRETRAINED},  # the issue's command: default params, 8 epochs
-    "ft32-e20": {**HUB, **PRETRAINED, "train.max_epochs": 20},
-    "ft64-norm-e12": {**HUB, **PRETRAINED, **H64, **NORM, "train.max_epochs": 12},
+    "scratch32-b8-e20": {**TORCH_THREADS, **HUB, "train.batch_size": 8, "train.max_epochs": 20},
+    # the issue's command: the default params of then, 8 epochs
+    "issue-baseline": {**TORCH_THREADS, **HUB, **PRETRAINED},
+    "ft32-e20": {**TORCH_THREADS, **HUB, **PRETRAINED, "train.max_epochs": 20},
+    "ft64-norm-e12": {**TORCH_THREADS, **HUB, **PRETRAINED, **H64, **NORM, "train.max_epochs": 12},
     "b16": {**B16, **PRETRAINED},
     "b16-scratch": B16,  # the same epochs and time, from random weights
     # b16 underfits (train loss 1.11 vs validation 1.26 per character at its end): lighter
