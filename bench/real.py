@@ -85,6 +85,7 @@ RUNS: dict[str, dict] = {
     "recipe-scratch": RECIPE,  # the same epochs and time, from random weights
     # fine-tuning at half the peak learning rate (the default 2e-3 was chosen on fonts)
     "recipe-lr1e-3": {**RECIPE, **PRETRAINED, "train.learning_rate": 1.0e-3},
+    "recipe-lr3e-3": {**RECIPE, **PRETRAINED, "train.learning_rate": 3.0e-3},
     # fewer epochs, so that the whole schedule runs inside the cap on this machine: the same
     # result on a faster host
     "recipe-e18": {**RECIPE, **PRETRAINED, "train.max_epochs": 18},
