@@ -86,6 +86,10 @@ class SyntheticParams:
     size_jitter: float  # relative font-size variation per line
     slant_max: float  # max |shear| (x shift per px of height)
     baseline_drift: float  # max vertical wander of words, as a fraction of the font size
+    # The same three again from glyph to glyph (a smooth warp, so joined strokes stay joined):
+    glyph_size_jitter: float  # relative size change, about the baseline
+    glyph_slant_jitter: float  # slant change (x shift per px of height)
+    glyph_baseline_jitter: float  # vertical wander, as a fraction of the font size
     word_spacing_jitter: float  # relative variation of the space between words
     stroke_width_max: int  # px of extra stroke, drawn on the render canvas
     elastic_alpha: float  # px displacement of the elastic warp on the render canvas
@@ -111,6 +115,9 @@ class SyntheticParams:
             f"must be in [0, 1], got {self.vertical_margin_max}",
         )
         _require(self.paper_texture >= 0.0, "synthetic.paper_texture", "must be >= 0")
+        for name in ("glyph_size_jitter", "glyph_slant_jitter", "glyph_baseline_jitter"):
+            value = getattr(self, name)
+            _require(0.0 <= value < 1.0, f"synthetic.{name}", f"must be in [0, 1), got {value}")
         for name in ("train_lines", "validation_lines", "test_lines"):
             value = getattr(self, name)
             _require(value >= 1, f"synthetic.{name}", f"must be >= 1, got {value}")

@@ -3,9 +3,10 @@
 Text comes from English prose shipped with Python (``pydoc_data.topics``), cut into
 line-length chunks and kept to IAM's character set. Each line is drawn with one of the
 openly licensed handwriting fonts installed by the ``fontpkg-*`` packages, with writer-like
-variation (size, slant, baseline drift, word spacing, stroke width, a mild elastic warp,
-ink and paper tones, noise). Every line draws its randomness from ``(seed, split, index)``
-alone, so output is identical across runs and independent of how many lines are asked for.
+variation (size, slant and baseline per line, word and letter, word spacing, stroke width,
+a mild elastic warp, ink and paper tones, noise). Every line draws its randomness from
+``(seed, split, index)`` alone, so output is identical across runs and independent of how
+many lines are asked for.
 """
 
 from __future__ import annotations
@@ -186,6 +187,7 @@ def render_line(
         draw.text((x, top + drift), word, font=font, fill=255, stroke_width=stroke, stroke_fill=255)
         gap = space * (1.0 + params.word_spacing_jitter * rng.uniform(-1.0, 1.0))
         x += font.getlength(word) + gap
+    ink = _glyph_jitter(ink, baseline=top + ascent, font_size=size, params=params, rng=rng)
 
     # What is not the line (it must not decide the crop): the lines above and below, cut
     # off by the canvas edge, and a ruled line near the baseline, fainter than ink.
@@ -230,6 +232,45 @@ def render_line(
     pixels = paper + (ink_level - paper) * coverage
     pixels += rng.normal(0.0, params.noise_std, size=pixels.shape)
     return Image.fromarray(np.clip(pixels, 0, 255).round().astype(np.uint8), "L")
+
+
+def _glyph_jitter(
+    ink: Image.Image,
+    baseline: float,
+    font_size: int,
+    params: SyntheticParams,
+    rng: np.random.Generator,
+) -> Image.Image:
+    """Size, slant and baseline that change from letter to letter: random values at one node
+    per half font size (about a letter's width), interpolated along the line, drive one
+    smooth warp of the ink, so joined strokes stay joined. The size changes about the
+    baseline and in both directions; the line keeps its length."""
+    if not (params.glyph_size_jitter or params.glyph_slant_jitter or params.glyph_baseline_jitter):
+        return ink  # no draws either: lines rendered without it stay byte-identical
+    coverage = np.asarray(ink, dtype=np.float32)
+    height, width = coverage.shape
+    nodes = np.arange(0.0, width + font_size / 2, font_size / 2)
+
+    def along_line(amount: float) -> np.ndarray:  # (W,) in [-amount, amount]
+        return np.interp(np.arange(width), nodes, amount * rng.uniform(-1, 1, nodes.size))
+
+    scale = 1.0 + along_line(params.glyph_size_jitter)  # (W,) > 0: jitter < 1
+    slant = along_line(params.glyph_slant_jitter)  # (W,)
+    lift = along_line(params.glyph_baseline_jitter * font_size)  # (W,) px
+    # Each output column samples the source 1/scale columns further on: letters widen where
+    # scale > 1. Stretched back to span the same columns, so the text keeps its margins.
+    source_x = np.concatenate([[0.0], np.cumsum(1.0 / scale[:-1])])
+    source_x *= (width - 1) / source_x[-1]
+    rows = np.arange(height, dtype=np.float64)[:, None]  # (H, 1)
+    from_baseline = rows - baseline - lift  # (H, W)
+    coords = np.array(
+        [
+            baseline + from_baseline / scale,
+            source_x + slant * from_baseline,
+        ]
+    )
+    warped = ndimage.map_coordinates(coverage, coords, order=1, mode="constant", cval=0.0)
+    return Image.fromarray(warped.round().astype(np.uint8), "L")
 
 
 def _elastic(image: np.ndarray, alpha: float, sigma: float, rng: np.random.Generator) -> np.ndarray:

@@ -16,6 +16,7 @@ import resource
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -247,22 +248,23 @@ def datamodule_for(params: Params, module: CRNNModule, lines: LinesFolder) -> Li
 
 
 # DVCLive rewrites these in place; on resume it reads them back (its step, its params).
-LIVE_SUMMARIES = ("metrics.json", "params.yaml")
+# the summaries DVCLive reads back on resume, and how
+LIVE_SUMMARIES: dict[str, Callable[[str], object]] = {
+    "metrics.json": json.loads,
+    "params.yaml": yaml.safe_load,
+}
 
 
 def drop_unreadable_live_summaries(live: Path) -> None:
     """A run killed while DVCLive rewrote a summary leaves it empty or cut short, and
     DVCLive's resume would fail on it: remove it. Nothing is lost: the resumed run writes it
     again at its next step, and the curves (``plots/``) are kept."""
-    for name in LIVE_SUMMARIES:
+    for name, parse in LIVE_SUMMARIES.items():
         path = live / name
         if not path.exists():
             continue
         try:
-            text = path.read_text(encoding="utf-8")
-            readable = isinstance(
-                json.loads(text) if name.endswith(".json") else yaml.safe_load(text), dict
-            )
+            readable = isinstance(parse(path.read_text(encoding="utf-8")), dict)
         except (ValueError, yaml.YAMLError):  # JSONDecodeError and UnicodeDecodeError too
             readable = False
         if not readable:

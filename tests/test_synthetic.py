@@ -3,6 +3,7 @@ import hashlib
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from pipeline import synthetic
 from pipeline.lines import read_split
@@ -125,3 +126,69 @@ def test_neighbouring_lines_show_at_the_edges(tiny_params):
     seeds = range(6)
     assert sum(inked_edges(seed, neighbour_probability=0.0) for seed in seeds) == 0
     assert sum(inked_edges(seed, neighbour_probability=1.0) for seed in seeds) >= 8  # of 12
+
+
+def _jitter_only(tiny_params, **jitter):
+    none = dict(glyph_size_jitter=0.0, glyph_slant_jitter=0.0, glyph_baseline_jitter=0.0)
+    return dataclasses.replace(tiny_params.synthetic, **{**none, **jitter})
+
+
+def _ink_rows(image: np.ndarray) -> np.ndarray:
+    """(W,) the ink-weighted mean row of each inked column."""
+    inked = image.sum(axis=0) > 0
+    rows = np.arange(image.shape[0])[:, None]
+    return (image * rows).sum(axis=0)[inked] / image.sum(axis=0)[inked]
+
+
+def _bar(row: int, first: int = 20, last: int = 380) -> Image.Image:
+    """A 1 px horizontal stroke on a 100 x 400 canvas of ink coverage."""
+    pixels = np.zeros((100, 400), dtype=np.uint8)
+    pixels[row, first : last + 1] = 255
+    return Image.fromarray(pixels, "L")
+
+
+def test_glyph_jitter_off_changes_nothing_and_draws_nothing(tiny_params):
+    rng = np.random.default_rng(0)
+    bar = _bar(60)
+    assert synthetic._glyph_jitter(bar, 60.0, 40, _jitter_only(tiny_params), rng) is bar
+    assert rng.uniform() == np.random.default_rng(0).uniform()  # the stream is untouched
+
+
+def test_glyph_baseline_jitter_moves_strokes_up_and_down_within_its_bound(tiny_params):
+    params = _jitter_only(tiny_params, glyph_baseline_jitter=0.1)  # 4 px at font size 40
+    rows = _ink_rows(np.asarray(synthetic._glyph_jitter(_bar(60), 60.0, 40, params, _rng())))
+    assert np.abs(rows - 60).max() <= 4 + 1  # + one px of interpolation
+    assert rows.max() - rows.min() >= 2  # it does wander, letter by letter
+
+
+def test_glyph_size_jitter_scales_about_the_baseline_and_keeps_the_line_length(tiny_params):
+    params = _jitter_only(tiny_params, glyph_size_jitter=0.2)
+    on_baseline = np.asarray(synthetic._glyph_jitter(_bar(60), 60.0, 40, params, _rng()))
+    assert np.abs(_ink_rows(on_baseline) - 60).max() < 0.5  # the baseline stays put
+    inked = np.flatnonzero(on_baseline.sum(axis=0))
+    assert abs(inked[0] - 20) <= 1 and abs(inked[-1] - 380) <= 1  # so do both ends
+    above = np.asarray(synthetic._glyph_jitter(_bar(30), 60.0, 40, params, _rng()))
+    heights = 60 - _ink_rows(above)  # a stroke 30 px above the baseline: 24 to 36 px
+    assert heights.min() >= 30 * 0.8 - 1 and heights.max() <= 30 * 1.2 + 1
+    assert heights.max() - heights.min() >= 3
+
+
+def test_glyph_slant_jitter_leans_each_stroke_by_its_own_amount(tiny_params):
+    params = _jitter_only(tiny_params, glyph_slant_jitter=0.2)
+    pixels = np.zeros((100, 400), dtype=np.uint8)
+    feet = np.arange(60, 360, 40)
+    pixels[20:61, feet] = 255  # upright strokes, 40 px tall, standing on the baseline (60)
+    warped = np.asarray(synthetic._glyph_jitter(Image.fromarray(pixels), 60.0, 40, params, _rng()))
+    leans = []
+    for foot in feet:
+        window = warped[:, foot - 15 : foot + 16].astype(float)
+        columns = np.arange(foot - 15, foot + 16)
+        top, bottom = window[21], window[59]
+        assert abs((bottom * columns).sum() / bottom.sum() - foot) < 1.0  # the foot stays
+        leans.append((top * columns).sum() / top.sum() - foot)
+    assert np.abs(leans).max() <= 0.2 * 40 + 1  # the top leans by at most slant x height
+    assert np.ptp(leans) >= 2  # and not every stroke by the same amount
+
+
+def _rng() -> np.random.Generator:
+    return np.random.default_rng(7)
