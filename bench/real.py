@@ -89,6 +89,14 @@ RUNS: dict[str, dict] = {
     # fewer epochs, so that the whole schedule runs inside the cap on this machine: the same
     # result on a faster host
     "recipe-e18": {**RECIPE, **PRETRAINED, "train.max_epochs": 18},
+    # the CTC shortcut head's share of the loss (0.1 was set on fonts)
+    "recipe-shortcut0.3": {**RECIPE, **PRETRAINED, "model.shortcut_weight": 0.3},
+    # train 0.70 vs validation 1.04 loss per character at the end: some overfitting. LSTM
+    # dropout costs CPU time, so inside the cap it also means fewer steps.
+    "recipe-dropout0.2": {**RECIPE, **PRETRAINED, "model.presets.cpu64.lstm_dropout": 0.2},
+    # the recipe again with another seed (initial weights of the new classes, shuffling,
+    # augmentation draws): how far one run of it is from the next
+    "recipe-seed2": {**RECIPE, **PRETRAINED, "seed": 20261125},
 }
 
 
