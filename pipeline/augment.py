@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
-from pipeline.params import AugmentParams
+from pipeline.params import AFFINE_SIDE_PADDING, AugmentParams
 
 PAPER = 255  # fill for pixels that geometric transforms pull in from outside the image
 
@@ -61,6 +61,25 @@ class RandomElastic(torch.nn.Module):
         return (PAPER - warped[0]).round().clamp(0, 255).to(image.dtype)
 
 
+class RandomWidthStretch(torch.nn.Module):
+    """Stretch or squeeze the ink horizontally by a factor in ``[1 - amount, 1 + amount]``:
+    hands differ in how wide they write. A squeezed line keeps its width, paper filling the
+    right, so it never has fewer CTC frames than the feasibility check counted."""
+
+    def __init__(self, amount: float) -> None:
+        super().__init__()
+        self.amount = amount
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:  # (1, H, W) uint8
+        height, width = image.shape[-2:]
+        factor = 1.0 + (float(torch.rand(())) * 2 - 1) * self.amount
+        stretched = max(1, round(width * factor))
+        ink = (PAPER - image.float())[None]  # (1, 1, H, W)
+        ink = F.interpolate(ink, size=(height, stretched), mode="bilinear", antialias=True)
+        ink = F.pad(ink, (0, max(0, width - stretched)))
+        return (PAPER - ink[0]).round().clamp(0, 255).to(image.dtype)
+
+
 class PadSides(torch.nn.Module):
     """Add paper left and right (a fraction of the height), so slant and rotation move ink
     into blank margin rather than off the image: a cut-off letter would break the label."""
@@ -77,13 +96,15 @@ class PadSides(torch.nn.Module):
 def transform_steps(params: AugmentParams) -> list[tuple[str, Transform]]:
     """The enabled transforms, by name, each applied always (callers add the probability)."""
     steps: list[tuple[str, Transform]] = []
+    if params.stretch:
+        steps.append(("stretch", RandomWidthStretch(params.stretch_amount)))
     if params.affine:
         steps.append(
             (
                 "affine",
                 v2.Compose(
                     [
-                        PadSides(0.5),
+                        PadSides(AFFINE_SIDE_PADDING),
                         v2.RandomAffine(
                             degrees=params.affine_degrees,
                             shear=(-params.affine_shear, params.affine_shear),  # x-shear: slant

@@ -292,8 +292,11 @@ class LineDataModule(L.LightningDataModule):
         rank, world = 0, 1
         if self.trainer is not None:
             rank, world = self.trainer.global_rank, self.trainer.world_size
+        widths = dataset.widths
+        if dataset.augmentation is not None:  # padded or stretched: count the widest it gets
+            widths = [self.augment.widest_output(w, self.height) for w in widths]
         batches = WidthBucketBatches(
-            dataset.widths,
+            widths,
             self.batch_size,
             shuffle,
             self.seed,

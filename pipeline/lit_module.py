@@ -7,10 +7,13 @@ Its hyperparameters (architecture, charset, optimizer) travel in every checkpoin
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import Timer
 from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.text import CharErrorRate, WordErrorRate
@@ -36,11 +39,47 @@ def text_metrics() -> MetricCollection:
 
 class ClampedOneCycleLR(torch.optim.lr_scheduler.OneCycleLR):
     """One-cycle, holding its last value past ``total_steps`` instead of raising: an epoch
-    may hold a few more batches than the first did when the memory bound cuts batches."""
+    may hold a few more batches than the first did when the memory bound cuts batches.
+
+    With ``budget_used`` (the fraction of a time budget spent, 0 to 1), its position is the
+    later of the step count and that fraction of the schedule: a run that a time cap stops
+    still ends on an annealed learning rate, however fast its host."""
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        *,
+        budget_used: Callable[[], float] | None = None,
+        **one_cycle: Any,
+    ) -> None:
+        self.budget_used = budget_used  # read by the first step(), inside super().__init__
+        super().__init__(optimizer, **one_cycle)
 
     def step(self, epoch: int | None = None) -> None:
-        if self.last_epoch < self.total_steps - 1:
+        target = self.last_epoch + 1
+        if self.budget_used is not None:
+            target = max(target, round(self.budget_used() * (self.total_steps - 1)))
+        if target <= self.total_steps - 1:
+            self.last_epoch = target - 1  # super().step() advances it by one
             super().step(epoch)
+
+    def state_dict(self) -> dict[str, Any]:
+        # a clock is not state: on resume the module hands over the restored trainer's
+        return {k: v for k, v in super().state_dict().items() if k != "budget_used"}
+
+
+def time_budget_used(trainer: L.Trainer) -> Callable[[], float] | None:
+    """The fraction of the trainer's ``max_time`` spent training so far (its ``Timer``, which
+    a resumed run restores), or None without a time cap."""
+    timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+    if timer is None or timer.time_remaining() is None:
+        return None
+
+    def used() -> float:
+        elapsed = timer.time_elapsed()
+        return min(1.0, elapsed / max(elapsed + timer.time_remaining(), 1e-9))
+
+    return used
 
 
 class CRNNModule(L.LightningModule):
@@ -142,6 +181,7 @@ class CRNNModule(L.LightningModule):
         )
         schedule = ClampedOneCycleLR(
             optimizer,
+            budget_used=time_budget_used(self.trainer),
             max_lr=self.hparams.learning_rate,
             total_steps=max(1, int(self.trainer.estimated_stepping_batches)),
             pct_start=self.hparams.warmup_fraction,

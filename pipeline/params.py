@@ -142,9 +142,14 @@ class SyntheticParams:
         )
 
 
+AFFINE_SIDE_PADDING = 0.5  # paper added left and right before the affine step, x the height
+
+
 @dataclass(frozen=True)
 class AugmentParams:
     enabled: bool  # master switch: off means training sees the stored lines unchanged
+    stretch: bool  # the ink wider or narrower: hands differ in how wide they write
+    stretch_amount: float  # relative, e.g. 0.25 -> width x [0.75, 1.25]
     affine: bool
     affine_degrees: float
     affine_shear: float  # degrees of horizontal shear (slant)
@@ -178,6 +183,20 @@ class AugmentParams:
             "must be in [0, 1]",
         )
         _require(self.elastic_sigma > 0, "augment.elastic_sigma", "must be > 0")
+        _require(
+            0.0 <= self.stretch_amount < 1.0,
+            "augment.stretch_amount",
+            f"must be in [0, 1), got {self.stretch_amount}",
+        )
+
+    def widest_output(self, width: int, height: int) -> int:
+        """The widest a ``height`` x ``width`` line can come out of the augmentation: what a
+        training batch's memory bound must count."""
+        if self.enabled and self.stretch:
+            width = max(width, round(width * (1.0 + self.stretch_amount)))
+        if self.enabled and self.affine:
+            width += 2 * round(height * AFFINE_SIDE_PADDING)
+        return width
 
 
 @dataclass(frozen=True)
@@ -272,7 +291,8 @@ class TrainParams:
     weight_decay: float
     warmup_fraction: float  # share of the steps spent warming up
     max_epochs: int
-    max_time_minutes: float  # wall-clock cap on fitting; 0 = none
+    max_time_minutes: float  # wall-clock cap on fitting (the schedule ends with it); 0 = none
+    ema_decay: float  # validate and keep an exponential moving average of the weights; 0 = off
     early_stopping_patience: int  # epochs without a better val/cer; 0 = off
     gradient_clip: float  # max gradient norm; 0 = off
     precision: str  # "auto" (bf16-mixed on a GPU, 32-true on CPU) or any Lightning value
@@ -303,6 +323,7 @@ class TrainParams:
         _require(0.0 < self.warmup_fraction < 1.0, "train.warmup_fraction", "must be in (0, 1)")
         for name in ("weight_decay", "max_time_minutes", "gradient_clip"):
             _require(getattr(self, name) >= 0, f"train.{name}", "must be >= 0")
+        _require(0.0 <= self.ema_decay < 1.0, "train.ema_decay", "must be in [0, 1)")
 
 
 @dataclass(frozen=True)
@@ -354,16 +375,21 @@ class Params:
     evaluate: EvaluateParams
 
     def __post_init__(self) -> None:
-        # The widest line pull lets through must fit a batch on its own, at the model height.
+        # The widest line pull lets through must fit a batch on its own, at the model height,
+        # in training as the augmentation may widen it.
         height = self.model.architecture.height
-        widest = math.ceil(self.data.max_aspect_ratio * height) * height
-        for section in ("train", "evaluate"):
+        widest = math.ceil(self.data.max_aspect_ratio * height)
+        for section, width in (
+            ("train", self.augment.widest_output(widest, height)),
+            ("evaluate", widest),
+        ):
             budget = getattr(self, section).max_batch_pixels
             _require(
-                budget >= widest,
+                budget >= width * height,
                 f"{section}.max_batch_pixels",
                 f"{budget} cannot hold the widest legal line: data.max_aspect_ratio "
-                f"{self.data.max_aspect_ratio:g} x {height} px high = {widest} px",
+                f"{self.data.max_aspect_ratio:g} x {height} px high = {widest} px"
+                + (f", {width} px once augmented" if width != widest else ""),
             )
 
 

@@ -28,6 +28,7 @@ from dvclive.lightning import DVCLiveLogger
 from lightning.pytorch.callbacks import (
     Callback,
     EarlyStopping,
+    EMAWeightAveraging,
     LearningRateMonitor,
     ModelCheckpoint,
 )
@@ -247,8 +248,8 @@ def datamodule_for(params: Params, module: CRNNModule, lines: LinesFolder) -> Li
     )
 
 
-# DVCLive rewrites these in place; on resume it reads them back (its step, its params).
-# the summaries DVCLive reads back on resume, and how
+# The summaries DVCLive rewrites in place and reads back on resume (its step, its params),
+# each with its parser.
 LIVE_SUMMARIES: dict[str, Callable[[str], object]] = {
     "metrics.json": json.loads,
     "params.yaml": yaml.safe_load,
@@ -306,6 +307,8 @@ def train(params: Params, lines: LinesFolder, outputs: TrainOutputs) -> dict | N
         speed,
         InterruptNotice(checkpoint_dir, outputs.model),
     ]
+    if params.train.ema_decay:
+        callbacks.append(EMAWeightAveraging(decay=params.train.ema_decay))
     if params.train.early_stopping_patience:
         callbacks.append(
             EarlyStopping("val/cer", patience=params.train.early_stopping_patience, mode="min")

@@ -145,3 +145,26 @@ def test_training_batches_under_a_budget_cover_every_line_once():
         assert len(list(batches)) == len(batches)
         for batch in batches:
             assert len(batch) * 32 * max(widths[i] for i in batch) <= 16 * 32 * 400
+
+
+def test_augmented_training_batches_stay_within_the_pixel_budget(tmp_path, tiny_params):
+    import dataclasses
+
+    pull(tiny_params, tmp_path / "lines", tmp_path / "m.json")
+    charset = Charset.load(tmp_path / "lines" / "charset.json")
+    # every transform on every line, stretched up to 1.5x, sides padded: lines come out wider
+    augment = dataclasses.replace(
+        tiny_params.augment, probability=1.0, stretch=True, stretch_amount=0.5
+    )
+    budget = 4 * 32 * 300  # binds: the stored lines are up to ~400 px wide at 32 px
+    module = LineDataModule(
+        LinesFolder(tmp_path / "lines"), charset, 32, lambda w: w, 4, augment, 0, budget
+    )
+    module.setup("fit")
+    widest_stored = max(module.datasets["train"].widths)
+    assert widest_stored * 1.5 + 32 > 300  # else this test would not test the bound
+    torch.manual_seed(0)
+    for _ in range(3):  # epochs: new draws
+        for batch in module.train_dataloader():
+            batch_size, _, height, width = batch.images.shape  # (B, 1, H, W)
+            assert batch_size == 1 or batch_size * height * width <= budget

@@ -117,3 +117,24 @@ def test_file_errors_name_the_file(tmp_path):
 )
 def test_pages_settings_are_checked(change, message):
     assert message in _error(lambda m: m["data"].update(change))
+
+
+def test_a_batch_budget_must_hold_the_widest_legal_line_as_augmented():
+    # the default: 60:1 at 32 px = 1,920 px; padded for the affine step 1,952; stretched
+    # by up to 1.25 first, 2,432 px
+    def budgets(train: int, evaluate: int, stretch: bool):
+        def mutate(m):
+            m["train"]["max_batch_pixels"] = train
+            m["evaluate"]["max_batch_pixels"] = evaluate
+            m["augment"].update(stretch=stretch, stretch_amount=0.25)
+
+        return mutate
+
+    error = _error(budgets(10**6, 1919 * 32, False))
+    assert "evaluate.max_batch_pixels: 61408 cannot hold" in error and "augmented" not in error
+    error = _error(budgets(1951 * 32, 10**6, False))
+    assert "train.max_batch_pixels" in error and "= 1920 px, 1952 px once augmented" in error
+    assert "2432 px once augmented" in _error(budgets(2431 * 32, 10**6, True))
+    mapping = copy.deepcopy(project_params_dict())
+    budgets(2432 * 32, 1920 * 32, True)(mapping)
+    parse_params(mapping, "params.yaml")  # both fit exactly

@@ -32,6 +32,28 @@ def test_each_transform_can_be_switched_off(tiny_params):
         "brightness_contrast",
     ]
     assert build_augmentation(dataclasses.replace(tiny_params.augment, enabled=False)) is None
+    stretch = dataclasses.replace(tiny_params.augment, stretch=True)
+    assert [name for name, _ in transform_steps(stretch)] == ["stretch", *all_on]
+
+
+def test_width_stretch_scales_the_ink_and_never_narrows_the_line():
+    from pipeline.augment import RandomWidthStretch
+
+    image = torch.full((1, 32, 160), 255, dtype=torch.uint8)
+    image[:, 8:24, 20:140] = 0  # ink from x=20 to 139: 120 px
+    torch.manual_seed(0)
+    factors = []
+    for _ in range(40):
+        out = RandomWidthStretch(0.25)(image)
+        inked = (out[0] < 128).any(dim=0).nonzero()[:, 0]
+        factor = (int(inked[-1]) + 1) / 140  # the ink's right edge moves from 140
+        factors.append(factor)
+        assert 0.75 - 0.02 <= factor <= 1.25 + 0.02
+        assert out.shape[-2] == 32 and out.shape[-1] >= 160  # never narrower: paper fills
+        assert abs(out.shape[-1] - max(160, 160 * factor)) <= 2  # wider when stretched
+        assert out[0, :8].min() > 250 and out[0, 24:].min() > 250  # no vertical change
+        assert abs(int(inked[0]) - 20 * factor) <= 1.5  # the left margin scales too
+    assert min(factors) < 0.85 and max(factors) > 1.15  # both ways, across the range
 
 
 def test_augmentation_keeps_type_and_paper_and_changes_pixels(tiny_params):

@@ -354,3 +354,99 @@ def test_the_fingerprint_covers_params_data_and_code(tmp_path, tiny_params, monk
 
     monkeypatch.setattr(Path, "read_bytes", edited_evaluation)
     assert training.run_fingerprint(tiny_params, LinesFolder(tmp_path / "lines")) == base
+
+
+def _one_cycle(scheduler_class=torch.optim.lr_scheduler.OneCycleLR, **kwargs):
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    return scheduler_class(optimizer, max_lr=2e-3, total_steps=100, pct_start=0.1, **kwargs)
+
+
+def _learning_rates(scheduler, steps: int) -> list[float]:
+    rates = []
+    for _ in range(steps):
+        scheduler.optimizer.step()
+        scheduler.step()
+        rates.append(scheduler.get_last_lr()[0])
+    return rates
+
+
+def test_without_a_time_budget_the_schedule_is_torch_one_cycle_then_holds():
+    from pipeline.lit_module import ClampedOneCycleLR
+
+    torch_rates = _learning_rates(_one_cycle(), 99)  # OneCycleLR raises on a 100th step
+    ours = _learning_rates(_one_cycle(ClampedOneCycleLR), 110)
+    assert ours[:99] == torch_rates
+    assert ours[99:] == [torch_rates[-1]] * 11  # a few more batches than planned: held
+    assert torch_rates[-1] < 1e-7  # 2e-3 / 25 / 1e4: annealed
+
+
+def test_a_spent_time_budget_moves_the_schedule_on_never_back():
+    from pipeline.lit_module import ClampedOneCycleLR
+
+    reference = [_one_cycle().get_last_lr()[0], *_learning_rates(_one_cycle(), 99)]
+    used = [0.0]
+    scheduler = _one_cycle(ClampedOneCycleLR, budget_used=lambda: used[0])
+    _learning_rates(scheduler, 3)
+    assert scheduler.last_epoch == 3  # the clock is behind the steps: steps lead
+    used[0] = 0.5  # half the time gone after 3 steps: a slow host
+    _learning_rates(scheduler, 1)
+    assert scheduler.last_epoch == 50 and scheduler.get_last_lr()[0] == reference[50]
+    used[0] = 0.2  # a clock that went back (never does) would not move it back either
+    _learning_rates(scheduler, 1)
+    assert scheduler.last_epoch == 51
+    used[0] = 1.0  # the cap: the annealed end, where it stays
+    assert _learning_rates(scheduler, 3) == [reference[99]] * 3
+
+
+def test_the_time_budget_clock_is_left_out_of_the_saved_state(tmp_path):
+    from pipeline.lit_module import ClampedOneCycleLR
+
+    scheduler = _one_cycle(ClampedOneCycleLR, budget_used=lambda: 0.3)
+    _learning_rates(scheduler, 2)
+    torch.save(scheduler.state_dict(), tmp_path / "state.pt")  # a closure cannot be pickled
+    resumed = _one_cycle(ClampedOneCycleLR, budget_used=lambda: 0.0)
+    resumed.load_state_dict(torch.load(tmp_path / "state.pt"))
+    # 0.3 of 99 steps at construction (step 30), then two steps
+    assert resumed.last_epoch == scheduler.last_epoch == 32
+    assert resumed.budget_used() == 0.0  # the resumed trainer's clock, not the old one
+
+
+def test_the_time_budget_is_the_trainers_max_time():
+    import lightning as L
+
+    from pipeline.lit_module import time_budget_used
+
+    assert time_budget_used(L.Trainer(logger=False, enable_checkpointing=False)) is None
+    capped = L.Trainer(logger=False, enable_checkpointing=False, max_time={"minutes": 30})
+    used = time_budget_used(capped)
+    assert used is not None and used() == 0.0  # not started
+    timer = next(c for c in capped.callbacks if isinstance(c, L.pytorch.callbacks.Timer))
+    timer._offset = 450.0  # as a resumed run restores it: 7.5 of 30 minutes spent
+    assert used() == pytest.approx(0.25)
+
+
+def test_a_run_the_time_cap_stops_ends_on_an_annealed_learning_rate(tmp_path):
+    # 1,000 epochs planned, 6 s allowed: a step-count schedule would stop near its peak
+    params = _params(max_epochs=1000, max_time_minutes=0.1)
+    pull(params, tmp_path / "lines", tmp_path / "data.json")
+    metrics = train(params, LinesFolder(tmp_path / "lines"), _outputs(tmp_path))
+    assert metrics is not None and metrics["epochs"] < 1000
+    rates = list(
+        csv.DictReader((tmp_path / "dvclive/plots/metrics/lr-AdamW.tsv").open(), delimiter="\t")
+    )
+    peak = params.train.learning_rate
+    assert max(float(r["lr-AdamW"]) for r in rates) == pytest.approx(peak, rel=0.05)
+    assert float(rates[-1]["lr-AdamW"]) < 0.1 * peak
+
+
+def test_with_ema_the_averaged_weights_are_validated_and_exported(tmp_path):
+    params = _params(ema_decay=0.5)
+    pull(params, tmp_path / "lines", tmp_path / "data.json")
+    train(params, LinesFolder(tmp_path / "lines"), _outputs(tmp_path))
+    last = torch.load(tmp_path / "models/checkpoints/last.ckpt", weights_only=True)
+    averaged, trained = last["state_dict"], last["current_model_state"]
+    assert averaged.keys() == trained.keys()
+    assert any(not torch.equal(averaged[k], trained[k]) for k in averaged)
+    exported = torch.load(tmp_path / "models/model.ckpt", weights_only=True)["state_dict"]
+    # one epoch: the best checkpoint is the last one; the model file holds its average
+    assert all(torch.equal(exported[k], averaged[f"model.{k}"]) for k in exported)
