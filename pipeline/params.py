@@ -82,6 +82,7 @@ class SyntheticParams:
     test_fonts: tuple[str, ...]  # held out: never seen in train or validation
     min_chars: int
     max_chars: int
+    french_fraction: float  # share of each split's lines in French (the rest: English prose)
     render_height: int  # px of the canvas the text is drawn on, before normalization
     size_jitter: float  # relative font-size variation per line
     slant_max: float  # max |shear| (x shift per px of height)
@@ -106,7 +107,7 @@ class SyntheticParams:
     neighbour_probability: float  # per side: descenders/ascenders of the line above/below
 
     def __post_init__(self) -> None:
-        for name in ("ruling_probability", "neighbour_probability"):
+        for name in ("ruling_probability", "neighbour_probability", "french_fraction"):
             value = getattr(self, name)
             _require(0.0 <= value <= 1.0, f"synthetic.{name}", f"must be in [0, 1], got {value}")
         _require(

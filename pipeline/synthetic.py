@@ -1,7 +1,9 @@
 """The embedded default dataset: handwriting-style text lines rendered offline.
 
 Text comes from English prose shipped with Python (``pydoc_data.topics``), cut into
-line-length chunks and kept to IAM's character set. Each line is drawn with one of the
+line-length chunks and kept to IAM's character set, and, for ``synthetic.french_fraction`` of
+each split's lines, from French: the common words (with accents, elided articles, names,
+places and dates) that Faker's ``fr_FR`` providers ship. Each line is drawn with one of the
 openly licensed handwriting fonts installed by the ``fontpkg-*`` packages, with writer-like
 variation (size, slant and baseline per line, word and letter, word spacing, stroke width,
 a mild elastic warp, ink and paper tones, noise). Every line draws its randomness from
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import cache
 
@@ -50,14 +52,57 @@ def corpus_words() -> tuple[str, ...]:
     return tuple(words)
 
 
-def corpus_lines(min_chars: int, max_chars: int, seed: int) -> list[str]:
-    """Consecutive words cut into lines of a random target length, in corpus order."""
+# What French text adds to IAM's characters (Faker's fr_FR words, names and places use no
+# others once the few foreign names are left out).
+FRENCH_CHARACTERS = "ÀÂÇÈÉÊÎÔàâçèéêëîïôùûüœ’"
+_ELIDED = ("l’", "d’", "j’", "n’", "s’", "qu’")  # before a word starting with a vowel or h
+_VOWEL_START = re.compile(r"^[aeiouhéèêâîôAEIOUHÉ]")
+
+
+def french_words(count: int, seed: int) -> list[str]:
+    """``count`` French words in sentences: Faker's ``fr_FR`` lorem words (the Eduscol list
+    of common French words; MIT licensed), one word in ~10 a first or last name, a place or a
+    date, elided articles before vowels, numbers now and then. Seeded: the same words for the
+    same seed (Faker's version is pinned)."""
+    from faker import Faker
+
+    fake = Faker("fr_FR")
+    fake.seed_instance(seed)
+    draw = fake.random
+    allowed = set(IAM_CHARSET + FRENCH_CHARACTERS)
+    words: list[str] = []
+    while len(words) < count:
+        sentence = fake.sentence(nb_words=draw.randint(6, 14), variable_nb_words=False).split()
+        for position, word in enumerate(sentence):
+            roll = draw.random()
+            if roll < 0.04:
+                word = fake.first_name() if draw.random() < 0.5 else fake.last_name()
+            elif roll < 0.06:
+                word = fake.city()
+            elif roll < 0.08:
+                day, year = draw.randint(1, 31), draw.randint(1850, 1950)
+                word = f"{day} {fake.month_name().lower()} {year}"
+            elif roll < 0.10:
+                word = str(draw.randint(2, 999))
+            elif roll < 0.25 and position > 0 and _VOWEL_START.match(word):
+                word = draw.choice(_ELIDED) + word
+            if position == len(sentence) - 1 and not word.endswith("."):
+                word += "."
+            words.extend(w for w in word.split() if set(w) <= allowed)
+    return words[:count]
+
+
+def corpus_lines(
+    min_chars: int, max_chars: int, seed: int, words: Iterable[str] | None = None
+) -> list[str]:
+    """Consecutive words (default: the English corpus) cut into lines of a random target
+    length, in corpus order."""
     rng = np.random.default_rng([seed, 99])
     lines: list[str] = []
     current: list[str] = []
     length = 0
     target = int(rng.integers(min_chars, max_chars + 1))
-    for word in corpus_words():
+    for word in corpus_words() if words is None else words:
         if len(word) > max_chars:
             continue
         added = len(word) + (1 if current else 0)
@@ -73,24 +118,42 @@ def corpus_lines(min_chars: int, max_chars: int, seed: int) -> list[str]:
 
 
 def split_texts(params: SyntheticParams, seed: int) -> dict[str, list[str]]:
-    """Disjoint texts per split: a seeded shuffle of the corpus lines, cut in three."""
-    lines = corpus_lines(params.min_chars, params.max_chars, seed)
-    order = np.random.default_rng([seed, 7]).permutation(len(lines))
+    """Texts per split: a seeded shuffle of the corpus lines, cut in three (a text the corpus
+    repeats can land in two splits); with ``french_fraction``, that share of each split's
+    lines are French lines, cut from one French text and spread through the split by a
+    seeded shuffle."""
     sizes = {
         "train": params.train_lines,
         "validation": params.validation_lines,
         "test": params.test_lines,
     }
-    if sum(sizes.values()) > len(lines):
+    french = {split: round(size * params.french_fraction) for split, size in sizes.items()}
+    lines = corpus_lines(params.min_chars, params.max_chars, seed)
+    wanted = sum(sizes.values()) - sum(french.values())
+    if wanted > len(lines):
         raise SyntheticError(
-            f"synthetic: asked for {sum(sizes.values())} lines but the corpus gives "
+            f"synthetic: asked for {wanted} English lines but the corpus gives "
             f"{len(lines)} distinct lines of {params.min_chars}-{params.max_chars} characters; "
             "lower synthetic.*_lines or widen min_chars/max_chars"
         )
+    order = np.random.default_rng([seed, 7]).permutation(len(lines))
+    french_lines: Iterator[str] = iter(())
+    if sum(french.values()):
+        # a line holds at most max_chars // 2 words (one letter and a space each): words
+        # enough for every line asked for, even the few too short to keep
+        count = (sum(french.values()) + 10) * (params.max_chars // 2)
+        french_lines = iter(
+            corpus_lines(params.min_chars, params.max_chars, seed, french_words(count, seed))
+        )
     texts, start = {}, 0
     for split, size in sizes.items():
-        texts[split] = [lines[i] for i in order[start : start + size]]
-        start += size
+        english = size - french[split]
+        texts[split] = [lines[i] for i in order[start : start + english]]
+        start += english
+        if french[split]:
+            texts[split] += [next(french_lines) for _ in range(french[split])]
+            mixed = np.random.default_rng([seed, 8, SPLIT_INDEX[split]]).permutation(size)
+            texts[split] = [texts[split][i] for i in mixed]
     return texts
 
 
@@ -102,8 +165,9 @@ class LoadedFont:
 
 
 @cache
-def load_font(name: str) -> LoadedFont:
-    """Resolve a fontpkg family and check it draws every character of the IAM charset."""
+def load_font(name: str, characters: str = IAM_CHARSET) -> LoadedFont:
+    """Resolve a fontpkg family and check it draws every one of ``characters`` (default:
+    the IAM charset)."""
     import fontpkg
 
     try:
@@ -116,7 +180,7 @@ def load_font(name: str) -> LoadedFont:
     font = ImageFont.truetype(path, 100)
     notdef = np.asarray(font.getmask("\U0010fffd"))
     missing = []
-    for ch in IAM_CHARSET.replace(" ", ""):
+    for ch in characters.replace(" ", ""):
         mask = np.asarray(font.getmask(ch))
         if (
             mask.size == 0
@@ -296,8 +360,9 @@ def generate_split(
 ) -> Iterator[SourceRow]:
     """Rendered lines as source rows (PNG at render height; ``pull`` normalizes them)."""
     fonts = split_fonts(params, split)
+    drawn = IAM_CHARSET + "".join(sorted(set("".join(texts)) - set(IAM_CHARSET)))
     for font in fonts:
-        load_font(font)  # fail on a bad font before drawing anything
+        load_font(font, drawn)  # fail on a bad font before drawing anything
     for index, text in enumerate(texts):
         rng = np.random.default_rng([seed, SPLIT_INDEX[split], index])
         font = fonts[int(rng.integers(len(fonts)))]

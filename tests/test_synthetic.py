@@ -68,15 +68,62 @@ def test_split_texts_are_disjoint_and_in_the_iam_charset(tiny_params):
             assert line == line.strip() and "  " not in line
 
 
+def test_french_fraction_puts_that_share_of_french_lines_in_every_split(tiny_params):
+    params = dataclasses.replace(
+        tiny_params.synthetic, train_lines=200, validation_lines=40, test_lines=40
+    )
+    english = set(corpus_lines := synthetic.corpus_lines(params.min_chars, params.max_chars, 5))
+    assert corpus_lines
+    texts = synthetic.split_texts(dataclasses.replace(params, french_fraction=0.25), 5)
+    french = {split: [t for t in lines if t not in english] for split, lines in texts.items()}
+    assert {split: len(lines) for split, lines in texts.items()} == {
+        "train": 200,
+        "validation": 40,
+        "test": 40,
+    }
+    assert {split: len(lines) for split, lines in french.items()} == {
+        "train": 50,
+        "validation": 10,
+        "test": 10,
+    }
+    # spread through the split, not stacked at its end
+    assert any(t in french["train"] for t in texts["train"][:100])
+    sets = {split: set(lines) for split, lines in french.items()}
+    assert not sets["train"] & sets["validation"] and not sets["train"] & sets["test"]
+    all_french = [t for lines in french.values() for t in lines]
+    assert set("".join(all_french)) <= set(synthetic.IAM_CHARSET + synthetic.FRENCH_CHARACTERS)
+    assert {"é", "è", "’"} <= set("".join(all_french))  # the English corpus never shows them
+    for line in all_french:
+        assert params.min_chars <= len(line) <= params.max_chars
+    # the English lines are the first of those french_fraction 0 gives
+    alone = synthetic.split_texts(params, 5)
+    assert sorted(t for t in texts["train"] if t in english) == sorted(alone["train"][:150])
+    assert texts == synthetic.split_texts(dataclasses.replace(params, french_fraction=0.25), 5)
+
+
+def test_french_words_are_seeded():
+    assert synthetic.french_words(300, 1) == synthetic.french_words(300, 1)
+    assert synthetic.french_words(300, 1) != synthetic.french_words(300, 2)
+    assert len(synthetic.french_words(300, 1)) == 300
+
+
+def test_a_font_without_a_glyph_the_text_needs_is_a_clear_error(tiny_params):
+    with pytest.raises(synthetic.SyntheticError, match=r"'kalam'.*no glyph for '\u4e00'"):
+        synthetic.load_font("kalam", synthetic.IAM_CHARSET + "\u4e00")
+    with pytest.raises(synthetic.SyntheticError, match=r"no glyph for '\u4e00'"):
+        next(synthetic.generate_split(tiny_params.synthetic, 1, "train", ["ab \u4e00"]))
+
+
 def test_asking_for_more_lines_than_the_corpus_has_is_a_clear_error(tiny_params):
     params = dataclasses.replace(tiny_params.synthetic, train_lines=10_000_000)
     with pytest.raises(synthetic.SyntheticError, match="lower synthetic"):
         synthetic.split_texts(params, 1)
 
 
-def test_every_listed_font_draws_the_whole_charset(tiny_params):
+def test_every_listed_font_draws_the_whole_charset_and_the_french_letters(tiny_params):
     for font in tiny_params.synthetic.train_fonts + tiny_params.synthetic.test_fonts:
-        assert synthetic.load_font(font).extent_per_px > 0
+        characters = synthetic.IAM_CHARSET + synthetic.FRENCH_CHARACTERS
+        assert synthetic.load_font(font, characters).extent_per_px > 0
 
 
 def test_unknown_font_is_a_clear_error():
