@@ -62,21 +62,28 @@ def main() -> None:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--weights", type=float, nargs="+", default=[0.25, 0.5, 0.75, 1.0])
     parser.add_argument("--bonuses", type=float, nargs="+", default=[0.0, 0.5, 1.0, 1.5])
+    parser.add_argument(
+        "--beam-widths", type=int, nargs="+", help="default: evaluate.beam_width of --params"
+    )
     args = parser.parse_args()
     params = load_params(args.params).evaluate
     charset, batches = log_probs_of(args.model, args.lines, args.split)
     lm = CharNgram.load(args.lm)
-    beam = (params.beam_width, params.beam_size_token, params.beam_threshold)
-    print(f"| decoder | lm_weight | lm_char_bonus | {args.split} CER | WER | lines/s |")
-    print("|---|---|---|---|---|---|")
+    print(f"| decoder | beam | lm_weight | lm_char_bonus | {args.split} CER | WER | lines/s |")
+    print("|---|---|---|---|---|---|---|")
     cer, wer, speed = score(GreedyDecoder(charset), batches)
-    print(f"| greedy | | | {cer:.4f} | {wer:.4f} | {speed:.0f} |")
-    cer, wer, speed = score(BeamDecoder(charset, *beam), batches)
-    print(f"| beam | | | {cer:.4f} | {wer:.4f} | {speed:.0f} |", flush=True)
-    for weight, bonus in itertools.product(args.weights, args.bonuses):
-        decoder = BeamDecoder(charset, *beam, lm=lm, lm_weight=weight, lm_char_bonus=bonus)
-        cer, wer, speed = score(decoder, batches)
-        print(f"| beam_lm | {weight} | {bonus} | {cer:.4f} | {wer:.4f} | {speed:.0f} |", flush=True)
+    print(f"| greedy | | | | {cer:.4f} | {wer:.4f} | {speed:.0f} |")
+    for width in args.beam_widths or [params.beam_width]:
+        beam = (width, params.beam_size_token, params.beam_threshold)
+        cer, wer, speed = score(BeamDecoder(charset, *beam), batches)
+        print(f"| beam | {width} | | | {cer:.4f} | {wer:.4f} | {speed:.0f} |", flush=True)
+        for weight, bonus in itertools.product(args.weights, args.bonuses):
+            decoder = BeamDecoder(charset, *beam, lm=lm, lm_weight=weight, lm_char_bonus=bonus)
+            cer, wer, speed = score(decoder, batches)
+            row = (
+                f"| beam_lm | {width} | {weight} | {bonus} | {cer:.4f} | {wer:.4f} | {speed:.0f} |"
+            )
+            print(row, flush=True)
 
 
 if __name__ == "__main__":

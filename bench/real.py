@@ -30,6 +30,8 @@ H64 = {"data.height": 64, "model.preset": "cpu64"}
 NORM = {"model.input_norm": "contrast"}
 # `make repro`'s model; `make real` copies it to models/pretrained.ckpt the same way
 PRETRAINED = {"train.init_from": str(ROOT / "models" / "pretrained.ckpt")}
+# The recipe as `make real` runs it now. Since the h48 and french50 rows it decodes with a
+# beam of 50 (evaluate.beam_width); the rows before read with 10 (their params are recorded).
 RECIPE = makefile_overrides("REAL_RECIPE")
 # params.yaml's threads when the rows up to b16-aug25 ran: torch's default (two compute
 # threads here), data loaded in the training process. The default is now one thread and
@@ -103,6 +105,17 @@ RUNS: dict[str, dict] = {
     "recipe-stretch": {**RECIPE, **PRETRAINED, "augment.stretch": True},
     # validate and keep an average of the last ~1,000 steps' weights (~2.7 epochs at batch 4)
     "recipe-ema": {**RECIPE, **PRETRAINED, "train.ema_decay": 0.999},
+    # 48 px lines (the issue's 32 / 48 / 64): 0.56x the encoder's pixels of 64 px, so more
+    # steps in the cap; at 4 px per frame ~3.4 frames per character instead of ~4.5 ...
+    "recipe-h48": {**RECIPE, **PRETRAINED, "data.height": 48, "model.presets.cpu64.height": 48},
+    # ... or at 2 px per frame (~6.7 frames per character, twice the BiLSTM's frames)
+    "recipe-h48-2px": {
+        **RECIPE,
+        **PRETRAINED,
+        "data.height": 48,
+        "model.presets.cpu64.height": 48,
+        "model.presets.cpu64.width_strides": [1, 1, 1, 1],
+    },
 }
 
 
