@@ -30,8 +30,9 @@ H64 = {"data.height": 64, "model.preset": "cpu64"}
 NORM = {"model.input_norm": "contrast"}
 # `make repro`'s model; `make real` copies it to models/pretrained.ckpt the same way
 PRETRAINED = {"train.init_from": str(ROOT / "models" / "pretrained.ckpt")}
-# The recipe as `make real` runs it now. Since the h48 and french50 rows it decodes with a
-# beam of 50 (evaluate.beam_width); the rows before read with 10 (their params are recorded).
+# The recipe as `make real` runs it now. Since cc05753 it decodes with a beam of 50
+# (evaluate.beam_width); every row before, h48 and french50 included, read with 10 (each
+# row records its overrides).
 RECIPE = makefile_overrides("REAL_RECIPE")
 # params.yaml's threads when the rows up to b16-aug25 ran: torch's default (two compute
 # threads here), data loaded in the training process. The default is now one thread and

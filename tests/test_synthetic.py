@@ -72,8 +72,8 @@ def test_french_fraction_puts_that_share_of_french_lines_in_every_split(tiny_par
     params = dataclasses.replace(
         tiny_params.synthetic, train_lines=200, validation_lines=40, test_lines=40
     )
-    english = set(corpus_lines := synthetic.corpus_lines(params.min_chars, params.max_chars, 5))
-    assert corpus_lines
+    english = set(synthetic.corpus_lines(params.min_chars, params.max_chars, 5))
+    assert english
     texts = synthetic.split_texts(dataclasses.replace(params, french_fraction=0.25), 5)
     french = {split: [t for t in lines if t not in english] for split, lines in texts.items()}
     assert {split: len(lines) for split, lines in texts.items()} == {
