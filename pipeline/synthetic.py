@@ -165,9 +165,8 @@ class LoadedFont:
 
 
 @cache
-def load_font(name: str, characters: str = IAM_CHARSET) -> LoadedFont:
-    """Resolve a fontpkg family and check it draws every one of ``characters`` (default:
-    the IAM charset)."""
+def _find_font(name: str) -> LoadedFont:
+    """A fontpkg family's file and metrics; its glyphs are checked by ``load_font``."""
     import fontpkg
 
     try:
@@ -177,7 +176,17 @@ def load_font(name: str, characters: str = IAM_CHARSET) -> LoadedFont:
         raise SyntheticError(
             f"synthetic font {name!r}: {error} (installed fontpkg families: {installed})"
         ) from None
-    font = ImageFont.truetype(path, 100)
+    ascent, descent = _truetype(path, 100).getmetrics()
+    return LoadedFont(name=name, path=path, extent_per_px=(ascent + descent) / 100)
+
+
+@cache
+def load_font(name: str, characters: str = IAM_CHARSET) -> LoadedFont:
+    """Resolve a fontpkg family and check it draws every one of ``characters`` (default:
+    the IAM charset)."""
+    loaded = _find_font(name)
+    path = loaded.path
+    font = _truetype(path, 100)
     notdef = np.asarray(font.getmask("\U0010fffd"))
     missing = []
     for ch in characters.replace(" ", ""):
@@ -192,8 +201,7 @@ def load_font(name: str, characters: str = IAM_CHARSET) -> LoadedFont:
         raise SyntheticError(
             f"synthetic font {name!r} ({path}) has no glyph for {''.join(missing)!r}"
         )
-    ascent, descent = font.getmetrics()
-    return LoadedFont(name=name, path=path, extent_per_px=(ascent + descent) / 100)
+    return loaded
 
 
 @cache
@@ -220,7 +228,7 @@ def render_line(
 ) -> Image.Image:
     """One grayscale line image (dark ink on light paper), ``params.render_height`` high plus
     its random vertical margins."""
-    loaded = load_font(font_name)
+    loaded = _find_font(font_name)  # its glyphs were checked for the split's texts
     height = params.render_height
     jitter = 1.0 + params.size_jitter * rng.uniform(-1.0, 1.0)
     # Size the font so its ascent+descent fills ~75 % of the canvas: every font reaches a
