@@ -117,6 +117,27 @@ RUNS: dict[str, dict] = {
         "model.presets.cpu64.height": 48,
         "model.presets.cpu64.width_strides": [1, 1, 1, 1],
     },
+    # The network's size. init_from needs the teacher's shape, so each of these starts from
+    # a `make repro` model trained with the same change to the `cpu` preset (copied to
+    # models/pretrained.ckpt). One training step at batch 4 on 64 x 900 px lines, one
+    # thread: 216 ms as is, 224 ms with a third BiLSTM layer, 291 ms with two residual
+    # blocks per encoder stage, 300 ms with BiLSTMs of 256, 327 ms with 1.5x the encoder's
+    # channels (the cpu preset at batch 16, 32 px: 422 / 512 / 619 / 729 / 665 ms).
+    "recipe-lstm3": {**RECIPE, **PRETRAINED, "model.presets.cpu64.lstm_layers": 3},
+    "recipe-blocks2": {**RECIPE, **PRETRAINED, "model.presets.cpu64.blocks": [2, 2, 2, 2]},
+    "recipe-lstm256": {**RECIPE, **PRETRAINED, "model.presets.cpu64.lstm_hidden": 256},
+    "recipe-lstm256-seed2": {
+        **RECIPE,
+        **PRETRAINED,
+        "model.presets.cpu64.lstm_hidden": 256,
+        "seed": 20261125,
+    },
+    "recipe-wide": {
+        **RECIPE,
+        **PRETRAINED,
+        "model.presets.cpu64.stem_channels": 48,
+        "model.presets.cpu64.widths": [48, 96, 144, 192],
+    },
 }
 
 
