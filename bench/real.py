@@ -54,6 +54,10 @@ B16 = {
 # augments the next batch during the network's step). params.yaml's default since; the
 # recipe rows get it from there.
 ONE_THREAD_ONE_LOADER = {"train.cpu_threads": 1, "train.num_workers": 1}
+# another seed (new classes' initial weights, shuffling, augmentation draws)
+SEED2 = {"seed": 20261125}
+# BiLSTMs of 256 per direction (the teacher must have them too: see the size rows)
+LSTM256 = {"model.presets.cpu64.lstm_hidden": 256}
 
 # one row per change; each is params.yaml plus these
 RUNS: dict[str, dict] = {
@@ -99,7 +103,7 @@ RUNS: dict[str, dict] = {
     "recipe-dropout0.2": {**RECIPE, **PRETRAINED, "model.presets.cpu64.lstm_dropout": 0.2},
     # the recipe again with another seed (initial weights of the new classes, shuffling,
     # augmentation draws): how far one run of it is from the next
-    "recipe-seed2": {**RECIPE, **PRETRAINED, "seed": 20261125},
+    "recipe-seed2": {**RECIPE, **PRETRAINED, **SEED2},
     # train 0.70 vs validation 1.04 loss per character: each transform on 3 lines in 4
     "recipe-aug75": {**RECIPE, **PRETRAINED, "augment.probability": 0.75},
     # hands differ in how wide they write: the ink 0.75x to 1.25x as wide, half the lines
@@ -125,13 +129,8 @@ RUNS: dict[str, dict] = {
     # channels (the cpu preset at batch 16, 32 px: 422 / 512 / 619 / 729 / 665 ms).
     "recipe-lstm3": {**RECIPE, **PRETRAINED, "model.presets.cpu64.lstm_layers": 3},
     "recipe-blocks2": {**RECIPE, **PRETRAINED, "model.presets.cpu64.blocks": [2, 2, 2, 2]},
-    "recipe-lstm256": {**RECIPE, **PRETRAINED, "model.presets.cpu64.lstm_hidden": 256},
-    "recipe-lstm256-seed2": {
-        **RECIPE,
-        **PRETRAINED,
-        "model.presets.cpu64.lstm_hidden": 256,
-        "seed": 20261125,
-    },
+    "recipe-lstm256": {**RECIPE, **PRETRAINED, **LSTM256},
+    "recipe-lstm256-seed2": {**RECIPE, **PRETRAINED, **LSTM256, **SEED2},
     "recipe-wide": {
         **RECIPE,
         **PRETRAINED,

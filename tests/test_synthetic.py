@@ -16,7 +16,9 @@ def _digests(directory):
 
 def test_same_seed_gives_identical_files(tmp_path, tiny_params):
     pull(tiny_params, tmp_path / "a", tmp_path / "a.json")
-    synthetic.load_font.cache_clear()  # nothing carried over in memory between the runs
+    # nothing carried over in memory between the runs
+    for cached in (synthetic.load_font, synthetic._find_font, synthetic._truetype):
+        cached.cache_clear()
     pull(tiny_params, tmp_path / "b", tmp_path / "b.json")
     assert _digests(tmp_path / "a") == _digests(tmp_path / "b")
     assert (tmp_path / "a.json").read_text() == (tmp_path / "b.json").read_text()
