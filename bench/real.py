@@ -131,6 +131,10 @@ RUNS: dict[str, dict] = {
     "recipe-blocks2": {**RECIPE, **PRETRAINED, "model.presets.cpu64.blocks": [2, 2, 2, 2]},
     "recipe-lstm256": {**RECIPE, **PRETRAINED, **LSTM256},
     "recipe-lstm256-seed2": {**RECIPE, **PRETRAINED, **LSTM256, **SEED2},
+    # the same from a 256-wide teacher of 6 epochs instead of 8 (train.max_epochs 6: what
+    # `make repro`'s 15 minutes leave it here); its md5 tells the two teachers apart
+    "recipe-lstm256-e6": {**RECIPE, **PRETRAINED, **LSTM256},
+    "recipe-lstm256-e6-seed2": {**RECIPE, **PRETRAINED, **LSTM256, **SEED2},
     "recipe-wide": {
         **RECIPE,
         **PRETRAINED,
