@@ -75,9 +75,10 @@ def time_budget_used(trainer: L.Trainer) -> Callable[[], float] | None:
     if timer is None or timer.time_remaining() is None:
         return None
 
+    cap = max(timer.time_elapsed() + timer.time_remaining(), 1e-9)  # the cap, in seconds
+
     def used() -> float:
-        elapsed = timer.time_elapsed()
-        return min(1.0, elapsed / max(elapsed + timer.time_remaining(), 1e-9))
+        return min(1.0, timer.time_elapsed() / cap)
 
     return used
 

@@ -96,7 +96,8 @@ def corpus_lines(
     min_chars: int, max_chars: int, seed: int, words: Iterable[str] | None = None
 ) -> list[str]:
     """Consecutive words (default: the English corpus) cut into lines of a random target
-    length, in corpus order."""
+    length, in corpus order; a line the corpus repeats is kept once (the splits are cut
+    from this list, so a repeat could otherwise sit in two)."""
     rng = np.random.default_rng([seed, 99])
     lines: list[str] = []
     current: list[str] = []
@@ -114,12 +115,12 @@ def corpus_lines(
             added = len(word)
         current.append(word)
         length += added
-    return lines
+    return list(dict.fromkeys(lines))
 
 
 def split_texts(params: SyntheticParams, seed: int) -> dict[str, list[str]]:
-    """Texts per split: a seeded shuffle of the corpus lines, cut in three (a text the corpus
-    repeats can land in two splits); with ``french_fraction``, that share of each split's
+    """Texts per split: a seeded shuffle of the corpus lines, cut in three (no text in two
+    splits); with ``french_fraction``, that share of each split's
     lines are French lines, cut from one French text and spread through the split by a
     seeded shuffle."""
     sizes = {

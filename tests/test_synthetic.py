@@ -7,7 +7,9 @@ from PIL import Image
 
 from pipeline import synthetic
 from pipeline.lines import read_split
+from pipeline.params import parse_params
 from pipeline.pull import pull
+from tests.conftest import project_params_dict
 
 
 def _digests(directory):
@@ -68,6 +70,16 @@ def test_split_texts_are_disjoint_and_in_the_iam_charset(tiny_params):
             assert set(line) <= set(synthetic.IAM_CHARSET)
             assert tiny_params.synthetic.min_chars <= len(line) <= tiny_params.synthetic.max_chars
             assert line == line.strip() and "  " not in line
+
+
+def test_the_default_splits_share_no_text():
+    # the corpus repeats some lines: kept once, none can be read in training and tested too
+    params = parse_params(project_params_dict(), "params.yaml")
+    texts = synthetic.split_texts(params.synthetic, params.seed)
+    train = set(texts["train"])
+    assert len(train) == len(texts["train"]) == params.synthetic.train_lines
+    assert not train & set(texts["validation"]) and not train & set(texts["test"])
+    assert not set(texts["validation"]) & set(texts["test"])
 
 
 def test_french_fraction_puts_that_share_of_french_lines_in_every_split(tiny_params):
