@@ -91,6 +91,9 @@ class SyntheticParams:
     glyph_size_jitter: float  # relative size change, about the baseline
     glyph_slant_jitter: float  # slant change (x shift per px of height)
     glyph_baseline_jitter: float  # vertical wander, as a fraction of the font size
+    # Share of lines whose letters get joined by a connecting stroke inside each word (a
+    # cursive look for the fonts that print their letters apart)
+    join_letters: float
     word_spacing_jitter: float  # relative variation of the space between words
     stroke_width_max: int  # px of extra stroke, drawn on the render canvas
     elastic_alpha: float  # px displacement of the elastic warp on the render canvas
@@ -107,7 +110,12 @@ class SyntheticParams:
     neighbour_probability: float  # per side: descenders/ascenders of the line above/below
 
     def __post_init__(self) -> None:
-        for name in ("ruling_probability", "neighbour_probability", "french_fraction"):
+        for name in (
+            "ruling_probability",
+            "neighbour_probability",
+            "french_fraction",
+            "join_letters",
+        ):
             value = getattr(self, name)
             _require(0.0 <= value <= 1.0, f"synthetic.{name}", f"must be in [0, 1], got {value}")
         _require(

@@ -253,11 +253,15 @@ def render_line(
     draw = ImageDraw.Draw(ink)
     middle = (height - (ascent + descent)) / 2
     top = margins[0] + middle
+    # drawn only when on, so that lines rendered without it stay byte-identical
+    joined = params.join_letters > 0 and rng.uniform() < params.join_letters
     x, drift = float(margin), 0.0
     for word in words:
         drift = 0.6 * drift + rng.normal(0.0, params.baseline_drift * size)
         drift = float(np.clip(drift, -middle, middle))
         draw.text((x, top + drift), word, font=font, fill=255, stroke_width=stroke, stroke_fill=255)
+        if joined:
+            _join_letters(draw, word, (x, top + drift), loaded.path, size, stroke)
         gap = space * (1.0 + params.word_spacing_jitter * rng.uniform(-1.0, 1.0))
         x += font.getlength(word) + gap
     ink = _glyph_jitter(ink, baseline=top + ascent, font_size=size, params=params, rng=rng)
@@ -305,6 +309,88 @@ def render_line(
     pixels = paper + (ink_level - paper) * coverage
     pixels += rng.normal(0.0, params.noise_std, size=pixels.shape)
     return Image.fromarray(np.clip(pixels, 0, 255).round().astype(np.uint8), "L")
+
+
+def _drawn(path: str, size: int, letter: str) -> tuple[np.ndarray, int, int]:
+    """``letter`` drawn at the origin: its (H, W) ink mask, the baseline's row (the font's
+    ascent) and the font's x-height, in px."""
+    font = _truetype(path, size)
+    ascent, descent = font.getmetrics()
+    x_height = ascent - font.getbbox("x")[1]  # the bbox's top is px below the origin
+    mask = Image.new("L", (int(font.getbbox(letter)[2]) + 2, ascent + descent), 0)
+    ImageDraw.Draw(mask).text((0, 0), letter, font=font, fill=255)
+    return np.asarray(mask) > 127, ascent, x_height
+
+
+@cache
+def _letter_ends(
+    path: str, size: int, letter: str
+) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """Where a cursive upstroke would enter and leave ``letter`` drawn at the origin: its
+    leftmost ink in the top third of the x-height, and its rightmost ink in the bottom third
+    (above the baseline), as (x, y) px; None if it has no ink in either (an apostrophe)."""
+    inked, baseline, x_height = _drawn(path, size, letter)
+    band = max(1, x_height // 3)
+
+    def extreme(first_row: int, rightmost: bool) -> tuple[int, int] | None:
+        rows, columns = np.nonzero(inked[first_row : first_row + band])
+        if columns.size == 0:
+            return None
+        x = columns.max() if rightmost else columns.min()
+        return int(x), first_row + int(np.median(rows[columns == x]))
+
+    entry = extreme(baseline - x_height, rightmost=False)
+    exit_ = extreme(baseline - band, rightmost=True)
+    return None if entry is None or exit_ is None else (entry, exit_)
+
+
+@cache
+def _stroke_px(path: str, size: int) -> int:
+    """The font's stroke width at this size: the median run of ink across the middle of an
+    'n' (its two stems)."""
+    inked, baseline, x_height = _drawn(path, size, "n")
+    row = inked[baseline - x_height // 2]
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], row.astype(np.int8), [0]])))
+    runs = edges[1::2] - edges[::2]
+    return max(1, int(np.median(runs))) if runs.size else 1
+
+
+def _join_letters(
+    draw: ImageDraw.ImageDraw,
+    word: str,
+    origin: tuple[float, float],
+    path: str,
+    size: int,
+    stroke: int,
+) -> None:
+    """Connect each letter of ``word`` (drawn at ``origin``) to the next with a curve from
+    where its ink leaves low to where the next letter's ink starts, as a cursive hand does.
+    Letters that already touch or overlap (cursive fonts) and wide gaps are left alone."""
+    font = _truetype(path, size)
+    width = max(1.0, 0.6 * _stroke_px(path, size)) + 2 * stroke  # upstrokes: thinner than stems
+    x, y = origin
+    for i in range(len(word) - 1):
+        if not (word[i].isalpha() and word[i + 1].isalpha()):
+            continue
+        left, right = _letter_ends(path, size, word[i]), _letter_ends(path, size, word[i + 1])
+        if left is None or right is None:
+            continue
+        (exit_x, exit_y), (entry_x, entry_y) = left[1], right[0]
+        start = (x + font.getlength(word[:i]) + exit_x, y + exit_y)
+        end = (x + font.getlength(word[: i + 1]) + entry_x, y + entry_y)
+        if not 1.0 < end[0] - start[0] < 0.5 * size:
+            continue
+        # a quadratic curve that leaves flat near the baseline, then rises into the next
+        control = (start[0] + 0.6 * (end[0] - start[0]), start[1])
+        # a round pen moved along it, one dab per px (PIL's wide polylines are ragged
+        # on short segments)
+        steps = max(2, round(abs(end[0] - start[0]) + abs(end[1] - start[1])))
+        t = np.linspace(0.0, 1.0, steps)[:, None]  # (S, 1)
+        curve = (1 - t) ** 2 * np.array(start) + 2 * (1 - t) * t * np.array(control)
+        curve += t**2 * np.array(end)  # (S, 2)
+        radius = width / 2
+        for cx, cy in curve:
+            draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=255)
 
 
 def _glyph_jitter(

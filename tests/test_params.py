@@ -89,6 +89,8 @@ def test_out_of_range_values_are_named():
     assert "data.max_bad_fraction" in _error(lambda m: m["data"].update(max_bad_fraction=1.5))
     assert "augment.probability" in _error(lambda m: m["augment"].update(probability=-0.1))
     assert "preview.variants: must be >= 1" in _error(lambda m: m["preview"].update(variants=0))
+    message = _error(lambda m: m["synthetic"].update(join_letters=1.5))
+    assert "synthetic.join_letters: must be in [0, 1], got 1.5" in message
 
 
 def test_test_fonts_must_be_held_out():

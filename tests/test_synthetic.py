@@ -189,6 +189,35 @@ def test_neighbouring_lines_show_at_the_edges(tiny_params):
     assert sum(inked_edges(seed, neighbour_probability=1.0) for seed in seeds) >= 8  # of 12
 
 
+@pytest.mark.parametrize(
+    ("font", "apart", "joined"),
+    # printed letters: 7 of them and two i dots; joined: the word and its dots. A script
+    # font joins its letters itself: nothing to add.
+    [("kalam", 9, 3), ("delius", 9, 3), ("indie-flower", 9, 3), ("yellowtail", 3, 3)],
+)
+def test_join_letters_connects_each_letter_of_a_word_to_the_next(tiny_params, font, apart, joined):
+    from scipy import ndimage
+
+    def pieces(join_letters: float) -> int:
+        params = dataclasses.replace(
+            tiny_params.synthetic,
+            join_letters=join_letters,
+            vertical_margin_max=0.0,
+            paper_texture=0.0,
+            noise_std=0.0,
+            slant_max=0.0,
+            elastic_alpha=0.0,
+            stroke_width_max=0,
+            ruling_probability=0.0,
+            neighbour_probability=0.0,
+        )
+        image = synthetic.render_line("minimum", font, params, np.random.default_rng(1))
+        pixels = np.asarray(image, dtype=int)
+        return ndimage.label(pixels < (pixels.max() + pixels.min()) / 2)[1]
+
+    assert (pieces(0.0), pieces(1.0)) == (apart, joined)
+
+
 def _jitter_only(tiny_params, **jitter):
     none = dict(glyph_size_jitter=0.0, glyph_slant_jitter=0.0, glyph_baseline_jitter=0.0)
     return dataclasses.replace(tiny_params.synthetic, **{**none, **jitter})
