@@ -135,6 +135,10 @@ RUNS: dict[str, dict] = {
     # `make repro`'s 15 minutes leave it here); its md5 tells the two teachers apart
     "recipe-lstm256-e6": {**RECIPE, **PRETRAINED, **LSTM256},
     "recipe-lstm256-e6-seed2": {**RECIPE, **PRETRAINED, **LSTM256, **SEED2},
+    # from a teacher whose embedded lines join the letters of half the lines of the fonts
+    # that print them apart (its `make repro` with synthetic.join_letters 0.5)
+    "recipe-join50": {**RECIPE, **PRETRAINED},
+    "recipe-join50-seed2": {**RECIPE, **PRETRAINED, **SEED2},
     "recipe-wide": {
         **RECIPE,
         **PRETRAINED,
