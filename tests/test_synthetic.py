@@ -161,23 +161,27 @@ def test_rendered_line_has_dark_ink_on_light_paper(tiny_params):
     assert image.width > 2 * tiny_params.synthetic.render_height  # a line, not a blob
 
 
+def _held_still(params, **changes):
+    """Synthetic params with no margins, paper texture, noise, slant, warp or ruling: the
+    line's own ink alone, then ``changes``."""
+    still = dict(
+        vertical_margin_max=0.0,
+        paper_texture=0.0,
+        noise_std=0.0,
+        slant_max=0.0,
+        elastic_alpha=0.0,
+        ruling_probability=0.0,
+    )
+    return dataclasses.replace(params, **{**still, **changes})
+
+
 def test_neighbouring_lines_show_at_the_edges(tiny_params):
     """With the line itself held still (no drift, slant or warp), the band above and below
     it is paper, unless the lines above and below are drawn: their descenders and ascenders
     come in, as on a line cut from a page."""
 
     def inked_edges(seed: int, **look) -> int:
-        params = dataclasses.replace(
-            tiny_params.synthetic,
-            vertical_margin_max=0.0,
-            paper_texture=0.0,
-            noise_std=0.0,
-            baseline_drift=0.0,
-            slant_max=0.0,
-            elastic_alpha=0.0,
-            ruling_probability=0.0,
-            **look,
-        )
+        params = _held_still(tiny_params.synthetic, baseline_drift=0.0, **look)
         image = synthetic.render_line("Hello world", "kalam", params, np.random.default_rng(seed))
         pixels = np.asarray(image).astype(int)
         band = round(params.render_height * 0.1)  # the text fills the middle 75 %
@@ -199,16 +203,10 @@ def test_join_letters_connects_each_letter_of_a_word_to_the_next(tiny_params, fo
     from scipy import ndimage
 
     def pieces(join_letters: float) -> int:
-        params = dataclasses.replace(
+        params = _held_still(
             tiny_params.synthetic,
             join_letters=join_letters,
-            vertical_margin_max=0.0,
-            paper_texture=0.0,
-            noise_std=0.0,
-            slant_max=0.0,
-            elastic_alpha=0.0,
             stroke_width_max=0,
-            ruling_probability=0.0,
             neighbour_probability=0.0,
         )
         image = synthetic.render_line("minimum", font, params, np.random.default_rng(1))
