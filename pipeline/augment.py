@@ -20,6 +20,18 @@ PAPER = 255  # fill for pixels that geometric transforms pull in from outside th
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
 
+def morphology(image: torch.Tensor, kernel: int, thicker: bool) -> torch.Tensor:
+    """(1, H, W) uint8, dark ink -> the same size, pen strokes thicker (dilated ink) or
+    thinner (eroded) by ``kernel - 1`` px."""
+    before, after = (kernel - 1) // 2, kernel // 2
+    padded = F.pad(image[None].float(), (before, after, before, after), mode="replicate")
+    if thicker:
+        pooled = -F.max_pool2d(-padded, kernel, stride=1)  # darkest = thicker dark ink
+    else:
+        pooled = F.max_pool2d(padded, kernel, stride=1)  # brightest = thinner dark ink
+    return pooled[0].to(image.dtype)
+
+
 class RandomMorphology(torch.nn.Module):
     """Erode or dilate the ink (one or the other, 50/50): thinner or thicker pen strokes."""
 
@@ -28,12 +40,7 @@ class RandomMorphology(torch.nn.Module):
         self.kernel = kernel
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:  # (1, H, W) uint8
-        before, after = (self.kernel - 1) // 2, self.kernel // 2
-        padded = F.pad(image[None].float(), (before, after, before, after), mode="replicate")
-        pooled = F.max_pool2d(padded, self.kernel, stride=1)  # brightest = thinner dark ink
-        if torch.rand(()) < 0.5:
-            pooled = -F.max_pool2d(-padded, self.kernel, stride=1)  # darkest = thicker ink
-        return pooled[0].to(image.dtype)
+        return morphology(image, self.kernel, thicker=bool(torch.rand(()) < 0.5))
 
 
 class RandomElastic(torch.nn.Module):

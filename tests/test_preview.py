@@ -66,3 +66,19 @@ def test_augmentation_keeps_type_and_paper_and_changes_pixels(tiny_params):
     assert out.shape[2] >= 160  # sides are padded with paper, never cropped
     assert not torch.equal(out[:, :, :160], image)
     assert out.float().mean() > 128  # still mostly paper
+
+
+def test_morphology_thickens_or_thins_a_stroke_by_one_pixel():
+    from pipeline.augment import RandomMorphology, morphology
+
+    image = torch.full((1, 8, 12), 255, dtype=torch.uint8)
+    image[:, 2:6, 5:7] = 0  # a stroke 2 px wide
+    thicker = morphology(image, 2, thicker=True)
+    thinner = morphology(image, 2, thicker=False)
+    assert thicker.shape == thinner.shape == image.shape and thicker.dtype == torch.uint8
+    # a 2 px kernel grows the ink one pixel up and left, and shrinks it from there
+    assert (thicker[0] == 0).sum(dim=1).tolist() == [0, 3, 3, 3, 3, 3, 0, 0]
+    assert (thinner[0] == 0).sum(dim=1).tolist() == [0, 0, 1, 1, 1, 0, 0, 0]
+    torch.manual_seed(0)
+    drawn = {RandomMorphology(2)(image).sum().item() for _ in range(20)}
+    assert drawn == {thicker.sum().item(), thinner.sum().item()}  # one or the other
