@@ -1,0 +1,94 @@
+"""Test-time augmentation, measured: the network reads each line as stored and as a few
+deterministic variants of the same width (sheared, thickened, thinned, scaled about the
+centre); the variants' posteriors are averaged frame by frame and then decoded by each of
+the params' decoders. Choose on validation.
+
+    python bench/tta.py MODEL LINES --params RUN/params.yaml --lm RUN/lm.json
+
+Prints CER per set of variants (each variant alone first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import torch
+import torchvision.transforms.v2.functional as TF
+from torchmetrics.functional.text import char_error_rate
+
+from pipeline.augment import PAPER, morphology
+from pipeline.data import LineDataset, to_model_input
+from pipeline.layout import PROJECT_PARAMS, LinesFolder
+from pipeline.lines import decode_png
+from pipeline.recognizer import Recognizer
+
+
+def _affine(shear: float = 0.0, scale: float = 1.0):
+    return lambda image: TF.affine(
+        image, angle=0.0, translate=[0, 0], scale=scale, shear=[shear, 0.0], fill=PAPER
+    )
+
+
+VARIANTS = {
+    "as stored": lambda image: image,
+    "shear -10°": _affine(shear=-10.0),
+    "shear +10°": _affine(shear=10.0),
+    "scale 0.9": _affine(scale=0.9),
+    "scale 1.1": _affine(scale=1.1),
+    "thicker": lambda image: morphology(image, 2, thicker=True),
+    "thinner": lambda image: morphology(image, 2, thicker=False),
+}
+SETS = [
+    ["as stored", "shear -10°", "shear +10°"],
+    ["as stored", "thicker", "thinner"],
+    ["as stored", "scale 0.9", "scale 1.1"],
+    list(VARIANTS),
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("model", type=Path)
+    parser.add_argument("lines", type=Path)
+    parser.add_argument("--split", default="validation")
+    parser.add_argument("--params", type=Path, default=PROJECT_PARAMS, help="decoder settings")
+    parser.add_argument("--lm", type=Path, help="character LM: adds the beam_lm decoder")
+    args = parser.parse_args()
+    recognizer = Recognizer.load(args.model, device="cpu", params=args.params, lm=args.lm)
+    dataset = LineDataset(
+        LinesFolder(args.lines).split(args.split), recognizer.charset, recognizer.height
+    )
+    # every variant keeps the line's width, so its frames line up with the stored line's
+    emissions: dict[str, list] = {}
+    for name, variant in VARIANTS.items():
+        emissions[name] = list(
+            recognizer.emissions(
+                lambda i, variant=variant: to_model_input(
+                    variant(decode_png(dataset.images[i])), recognizer.height
+                ),
+                dataset.widths,
+                progress=name,
+            )
+        )
+
+    print(f"| variants | {' | '.join(recognizer.decoders)} |")
+    print(f"|---|{'---|' * len(recognizer.decoders)}")
+    for names in [[name] for name in VARIANTS] + SETS:
+        cers = []
+        for decoder in recognizer.decoders.values():
+            texts, truths = [], []
+            for batch_index, (indices, _, frames, _) in enumerate(emissions["as stored"]):
+                stacked = torch.stack([emissions[n][batch_index][1] for n in names])  # (V, T, B, K)
+                mean = torch.logsumexp(stacked, dim=0) - math.log(len(names))  # (T, B, K)
+                texts += [h.text for h in decoder(mean, frames)]
+                truths += [dataset.texts[i] for i in indices]
+            cers.append(f"{float(char_error_rate(texts, truths)):.4f}")
+        print(f"| {' + '.join(names)} | {' | '.join(cers)} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
