@@ -139,6 +139,13 @@ RUNS: dict[str, dict] = {
     # that print them apart (its `make repro` with synthetic.join_letters 0.5)
     "recipe-join50": {**RECIPE, **PRETRAINED},
     "recipe-join50-seed2": {**RECIPE, **PRETRAINED, **SEED2},
+    # features averaged over the height instead of their maximum (model.column_pool), from
+    # a teacher trained the same way (its `make repro` with that one change)
+    "recipe-avg": {**RECIPE, **PRETRAINED, "model.column_pool": "avg"},
+    "recipe-avg-seed2": {**RECIPE, **PRETRAINED, "model.column_pool": "avg", **SEED2},
+    # ... and from `make repro`'s own model (maximum over the height), switched to the
+    # average for fine-tuning only (same weights' shapes: no teacher of its own)
+    "recipe-avg-max-teacher": {**RECIPE, **PRETRAINED, "model.column_pool": "avg"},
     "recipe-wide": {
         **RECIPE,
         **PRETRAINED,
