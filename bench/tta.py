@@ -19,9 +19,8 @@ import torchvision.transforms.v2.functional as TF
 from torchmetrics.functional.text import char_error_rate
 
 from pipeline.augment import PAPER, morphology
-from pipeline.data import LineDataset, to_model_input
+from pipeline.data import LineDataset
 from pipeline.layout import PROJECT_PARAMS, LinesFolder
-from pipeline.lines import decode_png
 from pipeline.recognizer import Recognizer
 
 
@@ -62,30 +61,32 @@ def main() -> None:
     dataset = LineDataset(
         LinesFolder(args.lines).split(args.split), recognizer.charset, recognizer.height
     )
-    # every variant keeps the line's width, so its frames line up with the stored line's
+    # every variant keeps the line's width, so its frames line up with the stored line's;
+    # the dataset reads each line through it as training reads through the augmentation
     emissions: dict[str, list] = {}
     for name, variant in VARIANTS.items():
+        dataset.augmentation = variant
         emissions[name] = list(
-            recognizer.emissions(
-                lambda i, variant=variant: to_model_input(
-                    variant(decode_png(dataset.images[i])), recognizer.height
-                ),
-                dataset.widths,
-                progress=name,
-            )
+            recognizer.emissions(lambda i: dataset[i]["image"], dataset.widths, progress=name)
         )
+    batches = [(indices, frames) for indices, _, frames, _ in emissions["as stored"]]
+    truths = [dataset.texts[i] for indices, _ in batches for i in indices]
 
     print(f"| variants | {' | '.join(recognizer.decoders)} |")
     print(f"|---|{'---|' * len(recognizer.decoders)}")
     for names in [[name] for name in VARIANTS] + SETS:
+        means = [  # (T, B, K) per batch: the variants' probabilities averaged
+            torch.logsumexp(torch.stack([emissions[n][b][1] for n in names]), dim=0)
+            - math.log(len(names))
+            for b in range(len(batches))
+        ]
         cers = []
         for decoder in recognizer.decoders.values():
-            texts, truths = [], []
-            for batch_index, (indices, _, frames, _) in enumerate(emissions["as stored"]):
-                stacked = torch.stack([emissions[n][batch_index][1] for n in names])  # (V, T, B, K)
-                mean = torch.logsumexp(stacked, dim=0) - math.log(len(names))  # (T, B, K)
-                texts += [h.text for h in decoder(mean, frames)]
-                truths += [dataset.texts[i] for i in indices]
+            texts = [
+                h.text
+                for mean, (_, frames) in zip(means, batches, strict=True)
+                for h in decoder(mean, frames)
+            ]
             cers.append(f"{float(char_error_rate(texts, truths)):.4f}")
         print(f"| {' + '.join(names)} | {' | '.join(cers)} |", flush=True)
 
