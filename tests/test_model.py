@@ -165,3 +165,31 @@ def test_the_network_applies_its_input_normalization():
         raw_input = plain(images)[0]
     assert torch.allclose(normed(images)[0], same_input, atol=1e-6)
     assert (raw_input - same_input).abs().max() > 1e-4  # the stretch does change the output
+
+
+@pytest.mark.parametrize("preset", ["cpu", "cpu64", "reference"])
+def test_presets_convolve_channels_last_and_compute_the_same_function(preset):
+    architecture = parse_params(project_params_dict()).model.presets[preset]
+    model = CRNN(_config(architecture)).eval()
+    assert model.encoder[0][0].conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    plain = CRNN(_config(architecture)).eval()
+    for parameter in plain.parameters():
+        parameter.data = parameter.data.contiguous()  # the usual layout, same weights
+        assert parameter.is_contiguous()
+    plain.load_state_dict(model.state_dict())
+    images = torch.rand(2, 1, architecture.height, 3 * architecture.height)
+    with torch.no_grad():
+        torch.testing.assert_close(model(images)[0], plain(images)[0], atol=1e-4, rtol=1e-4)
+
+
+def test_a_thin_strided_1x1_convolution_keeps_the_usual_layout(tiny_params):
+    # tiny presets downsample 8 channels with a strided 1x1 convolution: in channels-last
+    # its oneDNN backward corrupts the heap (the process aborts), so it must stay NCHW
+    model = CRNN(_config(tiny_params.model.architecture))
+    thin = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.in_channels < 16]
+    assert any(m.kernel_size == (1, 1) and m.stride != (1, 1) for m in thin)
+    assert all(p.is_contiguous() for p in model.parameters())
+    images = torch.rand(3, 1, tiny_params.model.architecture.height, 90)
+    log_probs, shortcut = model(images, torch.tensor([90, 60, 30]))
+    (log_probs.sum() + shortcut.sum()).backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
