@@ -33,6 +33,9 @@ PRETRAINED = {"train.init_from": str(ROOT / "models" / "pretrained.ckpt")}
 # The recipe as `make real` runs it now. Since cc05753 it decodes with a beam of 50
 # (evaluate.beam_width); every row before, h48 and french50 included, read with 10 (each
 # row records its overrides).
+# Since the language model is Kneser-Ney, the recipe decodes with params.yaml's (7-gram,
+# weight 0.5, bonus 1.5); the recipe rows before set the Witten-Bell 5-gram's weight 0.5,
+# bonus 2.0 (each row in results/real.json records the overrides it ran with).
 RECIPE = makefile_overrides("REAL_RECIPE")
 # params.yaml's threads when the rows up to b16-aug25 ran: torch's default (two compute
 # threads here), data loaded in the training process. The default is now one thread and

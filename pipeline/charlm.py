@@ -1,10 +1,14 @@
 """A character n-gram language model for the beam search, built from training text only.
 
-Witten-Bell interpolation: each context backs off to its one-character-shorter suffix, in
-proportion to how many different characters followed it; the last resort is uniform over
-the vocabulary. Lines start with ``BOS`` context and end with ``EOS``, so the model knows
-how lines begin and end. Small and exact: counts in a JSON file, probabilities computed
-on demand and memoized.
+Interpolated Kneser-Ney: each context keeps its counts less a discount, and the discounted
+mass goes to its one-character-shorter suffix, whose counts are continuation counts (in how
+many different contexts a character followed it, not how often); the last resort is uniform
+over the vocabulary. One discount per context length, Ney's estimate n1 / (n1 + 2 n2) from
+how many counts are 1 and 2. On poilus-b1's validation texts it reads 2.41 bits/char at
+order 5 where Witten-Bell, used before, read 2.59 (README, "Training on real handwriting").
+Lines start with ``BOS`` context and end with ``EOS``, so the model knows how lines begin
+and end. Small and exact: counts in a JSON file, probabilities computed on demand and
+memoized.
 
 ``FlashlightCharLM`` plugs it into torchaudio's flashlight ``ctc_decoder`` (whose wheel
 here has no KenLM): the decoder asks for the score of each token a hypothesis grows by.
@@ -42,9 +46,28 @@ class CharNgram:
         self.order = order
         self.counts = counts  # context (0..order-1 chars) -> next char -> count
         self.vocabulary = sorted({c for following in counts.values() for c in following})
-        self._totals = {h: sum(f.values()) for h, f in counts.items()}
-        self._types = {h: len(f) for h, f in counts.items()}
+        # The full-length contexts keep their counts; a shorter one, only ever asked about
+        # what the longer contexts left open, counts the contexts a character followed it in.
+        following: dict[str, Counter[str]] = defaultdict(Counter)
+        for context, chars in counts.items():
+            if len(context) == order - 1:
+                following[context].update(chars)
+            if context:
+                for char in chars:
+                    following[context[1:]][char] += 1
+        self._following = {h: dict(f) for h, f in following.items()}
+        self._totals = {h: sum(f.values()) for h, f in self._following.items()}
+        self._discounts = [self._discount(n) for n in range(order)]
         self.log_prob = lru_cache(maxsize=1_000_000)(self._log_prob)
+
+    def _discount(self, length: int) -> float:
+        """Ney's discount for contexts of ``length`` characters: n1 / (n1 + 2 n2)."""
+        ones = twos = 0
+        for context, following in self._following.items():
+            if len(context) == length:
+                ones += sum(1 for count in following.values() if count == 1)
+                twos += sum(1 for count in following.values() if count == 2)
+        return ones / (ones + 2 * twos) if ones else 0.5  # no singletons: tiny data
 
     @classmethod
     def fit(cls, texts: Iterable[str], order: int) -> CharNgram:
@@ -57,17 +80,16 @@ class CharNgram:
         return cls(order, {h: dict(f) for h, f in counts.items()})
 
     def _probability(self, context: str, char: str) -> float:
-        if not context:
-            following = self.counts.get("", {})
-            total, types = self._totals.get("", 0), self._types.get("", 0)
-            uniform = 1.0 / (len(self.vocabulary) + 1)  # +1: a character never seen
-            return (following.get(char, 0) + types * uniform) / (total + types)
-        lower = self._probability(context[1:], char)
-        following = self.counts.get(context)
+        if context:
+            lower = self._probability(context[1:], char)
+        else:
+            lower = 1.0 / (len(self.vocabulary) + 1)  # +1: a character never seen
+        following = self._following.get(context)
         if not following:
             return lower
-        total, types = self._totals[context], self._types[context]
-        return (following.get(char, 0) + types * lower) / (total + types)
+        total, discount = self._totals[context], self._discounts[len(context)]
+        kept = max(following.get(char, 0) - discount, 0.0) / total
+        return kept + discount * len(following) / total * lower
 
     def _log_prob(self, context: str, char: str) -> float:
         """log P(char | the last order-1 characters of ``context``)."""

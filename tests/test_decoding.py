@@ -104,14 +104,30 @@ def test_cer_and_wer_against_hand_computed_values():
     assert CharErrorRate()(predictions, truths).item() != pytest.approx((1 / 7 + 1 / 5) / 2)
 
 
-def test_witten_bell_probabilities_by_hand():
-    model = CharNgram.fit(["ab"], order=2)
-    # unigram context: a, b and EOS once each (3 types, 3 tokens); unseen mass uniform 1/4
-    assert math.exp(model.log_prob("", "a")) == pytest.approx((1 + 3 / 4) / (3 + 3))
-    # after BOS only "a" was seen (1 type, 1 token): half its own count, half the unigram
-    assert math.exp(model.log_prob(BOS, "a")) == pytest.approx((1 + 1.75 / 6) / 2)
-    # an unseen character: 3 types x 1/4 of the unigram's mass, then half of that after BOS
-    assert math.exp(model.log_prob(BOS, "z")) == pytest.approx((0 + 0.75 / 6) / 2)
+def test_kneser_ney_probabilities_by_hand():
+    model = CharNgram.fit(["ab", "ab", "b"], order=2)
+    # after one character: BOS->{a: 2, b: 1}, a->{b: 2}, b->{EOS: 3}; counts 2, 1, 2, 3:
+    # one 1 and two 2s, discount 1 / (1 + 2 * 2) = 0.2
+    # no context: continuation counts a 1 (after BOS), b 2 (after BOS, after a), EOS 1
+    # (after b): two 1s and one 2, discount 2 / (2 + 2) = 0.5; unseen mass uniform 1/4
+    unigram_a = (1 - 0.5) / 4 + 0.5 * 3 / 4 * (1 / 4)
+    assert math.exp(model.log_prob("", "a")) == pytest.approx(unigram_a)  # 0.21875
+    assert math.exp(model.log_prob("", "b")) == pytest.approx((2 - 0.5) / 4 + 0.5 * 3 / 16)
+    assert math.exp(model.log_prob(BOS, "a")) == pytest.approx(
+        (2 - 0.2) / 3 + 0.2 * 2 / 3 * unigram_a
+    )
+    assert math.exp(model.log_prob(BOS, "z")) == pytest.approx(0.2 * 2 / 3 * 0.5 * 3 / 16)
+    # a context never seen backs off to the shorter one entirely
+    assert math.exp(model.log_prob("z", "a")) == pytest.approx(unigram_a)
+
+
+@pytest.mark.parametrize("context", ["", "le t", "zzzz", "\x02\x02\x02\x02", "ma f"])
+def test_language_model_probabilities_sum_to_one(context):
+    texts = ["le testament de ma femme", "ma fortune", "le 2 mars 1915", "Je lègue"]
+    model = CharNgram.fit(texts, order=5)
+    unseen = math.exp(model.log_prob(context, "#"))  # any character never read
+    total = sum(math.exp(model.log_prob(context, char)) for char in model.vocabulary)
+    assert total + unseen == pytest.approx(1.0)
 
 
 def test_the_language_model_breaks_an_acoustic_tie():
