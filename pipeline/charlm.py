@@ -5,7 +5,7 @@ mass goes to its one-character-shorter suffix, whose counts are continuation cou
 many different contexts a character followed it, not how often); the last resort is uniform
 over the vocabulary. One discount per context length, Ney's estimate n1 / (n1 + 2 n2) from
 how many counts are 1 and 2. On poilus-b1's validation texts it reads 2.41 bits/char at
-order 5 where Witten-Bell, used before, read 2.59 (README, "Training on real handwriting").
+order 5 where Witten-Bell, used before, read 2.59 (README, "Evaluation and error analysis").
 Lines start with ``BOS`` context and end with ``EOS``, so the model knows how lines begin
 and end. Small and exact: counts in a JSON file, probabilities computed on demand and
 memoized.
