@@ -273,11 +273,23 @@ def drop_unreadable_live_summaries(live: Path) -> None:
             path.unlink()
 
 
+def trains_on_cuda(params: Params) -> bool:
+    return torch.cuda.is_available() and params.train.accelerator in ("auto", "gpu", "cuda")
+
+
 def precision_for(params: Params) -> str:
     if params.train.precision != "auto":
         return params.train.precision
-    gpu = torch.cuda.is_available() and params.train.accelerator in ("auto", "gpu", "cuda")
-    return "bf16-mixed" if gpu and torch.cuda.is_bf16_supported() else "32-true"
+    return "bf16-mixed" if trains_on_cuda(params) and torch.cuda.is_bf16_supported() else "32-true"
+
+
+def determinism_for(params: Params, on_cuda: bool) -> bool | str:
+    """Lightning's ``deterministic``. CUDA has no deterministic CTC loss backward (it adds
+    with atomics), so on a GPU every other op stays deterministic and that one only warns:
+    GPU runs repeat to a few last digits, CPU runs bit for bit."""
+    if params.train.deterministic and on_cuda:
+        return "warn"
+    return params.train.deterministic
 
 
 def train(params: Params, lines: LinesFolder, outputs: TrainOutputs) -> dict | None:
@@ -330,7 +342,7 @@ def train(params: Params, lines: LinesFolder, outputs: TrainOutputs) -> dict | N
         max_epochs=params.train.max_epochs,
         max_time=max_time,
         gradient_clip_val=params.train.gradient_clip or None,
-        deterministic=params.train.deterministic,
+        deterministic=determinism_for(params, trains_on_cuda(params)),
         logger=logger,
         callbacks=callbacks,
         use_distributed_sampler=False,  # the width-bucket batch sampler splits by rank itself
