@@ -1,10 +1,15 @@
 """CTC decoders behind one call: ``decoder(log_probs (T, B, K), lengths (B,)) -> [Hypothesis]``.
 
 - ``greedy``: best path, vectorized torch (``pipeline/greedy.py``).
-- ``beam``: lexicon-free prefix beam search, torchaudio's flashlight ``ctc_decoder`` for CPU
-  tensors and ``cuda_ctc_decoder`` for tensors on a GPU.
+- ``beam``: lexicon-free prefix beam search, torchaudio's flashlight ``ctc_decoder``.
 - ``beam_lm``: the same flashlight search, scored with a character n-gram
-  (``pipeline/charlm.py``); on the CPU always (the CUDA decoder takes no language model).
+  (``pipeline/charlm.py``).
+
+Both search on the CPU, also when the network ran on a GPU. torchaudio's
+``cuda_ctc_decoder`` writes past its shared memory in its top-k kernel (pytorch/audio#3754,
+fix in the unmerged #4198): on an H100 it aborts the process with cudaErrorIllegalAddress
+(seen here with torchaudio 2.11); ``bench/gpu_check.py`` tries it in a child process and
+says whether the installed torchaudio is still affected.
 
 Class 0 is the CTC blank; class i > 0 is ``charset.characters[i - 1]``.
 """
@@ -65,18 +70,17 @@ class BeamDecoder:
         self.lm_weight = lm_weight
         self.lm_char_bonus = lm_char_bonus
         self.name = "beam" if lm is None else "beam_lm"
-        self._cpu = None
-        self._cuda = None
+        self._flashlight = None
 
-    def _cpu_decoder(self):
-        if self._cpu is None:
+    def _decoder(self):
+        if self._flashlight is None:
             from torchaudio.models.decoder import ctc_decoder
 
             tokens = [BLANK_TOKEN, *self.charset.characters, SILENCE_TOKEN]
             lm = None
             if self.lm is not None:
                 lm = flashlight_lm(self.lm, tokens, self.lm_char_bonus, self.lm_weight)
-            self._cpu = ctc_decoder(
+            self._flashlight = ctc_decoder(
                 lexicon=None,
                 tokens=tokens,
                 lm=lm,
@@ -89,30 +93,14 @@ class BeamDecoder:
                 sil_token=SILENCE_TOKEN,
                 log_add=True,  # sum the paths of a prefix (true prefix beam search), not max
             )
-        return self._cpu
-
-    def _cuda_decoder(self):
-        if self._cuda is None:
-            from torchaudio.models.decoder import cuda_ctc_decoder
-
-            tokens = [BLANK_TOKEN, *self.charset.characters]
-            # blank_skip_threshold=1.0: never skip frames, so results match the CPU search
-            self._cuda = cuda_ctc_decoder(
-                tokens, nbest=1, beam_size=self.beam_width, blank_skip_threshold=1.0
-            )
-        return self._cuda
+        return self._flashlight
 
     def __call__(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[Hypothesis]:
-        if log_probs.is_cuda and self.lm is None:
-            return self._decode_cuda(log_probs, lengths)
-        return self._decode_cpu(log_probs, lengths)
-
-    def _decode_cpu(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[Hypothesis]:
         time, batch, classes = log_probs.shape
         silence = torch.full((time, batch, 1), -math.inf, dtype=torch.float32)
         emissions = torch.cat([log_probs.detach().float().cpu(), silence], dim=-1)  # (T, B, K + 1)
         emissions = emissions.transpose(0, 1).contiguous()  # (B, T, K + 1): flashlight's layout
-        results = self._cpu_decoder()(emissions, lengths.detach().cpu().to(torch.int32))
+        results = self._decoder()(emissions, lengths.detach().cpu().to(torch.int32))
         silence_id = classes
         hypotheses = []
         for nbest in results:
@@ -120,16 +108,6 @@ class BeamDecoder:
             ids = [int(i) for i in best.tokens if int(i) not in (silence_id, BLANK_ID)]
             hypotheses.append(Hypothesis(self.charset.decode(ids), float(best.score)))
         return hypotheses
-
-    def _decode_cuda(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[Hypothesis]:
-        emissions = log_probs.detach().float().transpose(0, 1).contiguous()  # (B, T, K)
-        results = self._cuda_decoder()(
-            emissions, lengths.to(device=log_probs.device, dtype=torch.int32)
-        )
-        return [
-            Hypothesis(self.charset.decode(nbest[0].tokens), float(nbest[0].score))
-            for nbest in results
-        ]
 
 
 def build_decoders(

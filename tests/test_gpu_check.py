@@ -34,7 +34,8 @@ def test_the_cpu_smoke_runs_every_check(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads(out.read_text())
     assert set(report) == {
-        "device", "bf16_training", "beam_decoders", "speed_reference", "speed_cpu", "ddp_one_gpu"
+        "device", "bf16_training", "fp32_training", "beam_decoders", "speed_reference",
+        "speed_cpu", "ddp_one_gpu",
     }  # fmt: skip
     assert report["bf16_training"]["precision"] == "32-true"  # CPU: auto -> fp32
     assert report["beam_decoders"]["lines"] > 0
