@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -36,6 +37,18 @@ def makefile_overrides(variable: str) -> dict:
             words = shlex.split(line.split(":=", 1)[1])
             return {k: yaml.safe_load(v) for k, v in (w.split("=", 1) for w in words if w != "-S")}
     raise KeyError(f"Makefile: no {variable} := line")
+
+
+def readme_recipe_overrides(recipe: str) -> dict:
+    """The ``-S key=value`` settings of README's ``<!-- recipe: NAME -->`` command (e.g.
+    iam-gpu), their one home, as a dict for ``params_with``."""
+    text = (ROOT / "README.md").read_text()
+    found = re.search(rf"<!-- recipe: {re.escape(recipe)} -->\s*```bash\n(.*?)```", text, re.S)
+    if found is None:
+        raise KeyError(f"README: no recipe {recipe}")
+    words = shlex.split(found.group(1))
+    settings = [words[i + 1] for i, word in enumerate(words) if word == "-S"]
+    return {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in settings)}
 
 
 class StageRunner:

@@ -21,6 +21,7 @@ from _runs import (  # bench/ is on the path of its scripts
     StageRunner,
     makefile_overrides,
     params_with,
+    readme_recipe_overrides,
 )
 
 from pipeline.layout import LinesFolder
@@ -161,6 +162,11 @@ RUNS: dict[str, dict] = {
     # the 22 epochs now fit in 27.5 of the 30 minutes here: two more, paced by the cap
     "recipe-e24": {**RECIPE, **PRETRAINED, "train.max_epochs": 24},
     "recipe-e24-seed2": {**RECIPE, **PRETRAINED, "train.max_epochs": 24, **SEED2},
+    # README's iam-gpu recipe (the reference preset at 128 px, from random weights) on these
+    # lines, on a lent GPU machine; the cap only keeps the run inside one device call. (Its
+    # first try, row iam-gpu-early-stopping4, stopped in CTC's blank plateau: the recipe
+    # turns early stopping off since.)
+    "iam-gpu": {**readme_recipe_overrides("iam-gpu"), **HUB, "train.max_time_minutes": 5.5},
 }
 
 
