@@ -14,7 +14,7 @@ import yaml
 
 from pipeline.params import parse_params
 from pipeline.report import render
-from tests.conftest import ROOT, project_params_dict, tiny_params_dict
+from tests.conftest import ROOT, tiny_params_dict
 from tests.test_repro import _run, dvc, make_project
 
 # train.json / evaluate.json counts that the compare recipe keeps beside CER and WER
@@ -102,15 +102,14 @@ def test_readme_recipes_run_as_written(tmp_path):
     assert written[0] == "name,text,confidence" and len(written) == 1 + 1 + 4
 
 
-def test_iam_gpu_recipe_sets_valid_params():
+def test_iam_gpu_recipe_sets_valid_params(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    from _runs import params_with, readme_recipe_overrides
+
     (line,) = readme_recipes()["iam-gpu"]
-    mapping = project_params_dict()
-    for assignment in re.findall(r"-S (\S+)", line):
-        key, value = assignment.split("=", 1)
-        section, name = key.split(".")
-        current = mapping[section][name]
-        mapping[section][name] = type(current)(value) if not isinstance(current, str) else value
-    params = parse_params(mapping, "README iam-gpu recipe")
+    overrides = readme_recipe_overrides("iam-gpu")  # what bench/real.py runs as "iam-gpu"
+    assert len(overrides) == line.count(" -S ")
+    params = parse_params(params_with(overrides), "README iam-gpu recipe")
     assert (
         params.data.source == "hub"
         and params.model.architecture.height == params.data.height == 128
