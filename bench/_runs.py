@@ -29,13 +29,19 @@ def params_with(overrides: dict, base: Path = ROOT / "params.yaml") -> dict:
     return params
 
 
+def set_options(command: str) -> dict:
+    """``{key: value}`` of the ``-S key=value`` options in a ``dvc exp run`` command line."""
+    words = shlex.split(command)
+    settings = [words[i + 1] for i, word in enumerate(words) if word == "-S"]
+    return {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in settings)}
+
+
 def makefile_overrides(variable: str) -> dict:
     """The ``-S key=value`` settings of a Makefile variable (e.g. CI_EXPERIMENT, REAL_RECIPE),
     their one home, as a dict for ``params_with``."""
     for line in (ROOT / "Makefile").read_text().splitlines():
         if line.startswith(f"{variable} :="):
-            words = shlex.split(line.split(":=", 1)[1])
-            return {k: yaml.safe_load(v) for k, v in (w.split("=", 1) for w in words if w != "-S")}
+            return set_options(line.split(":=", 1)[1])
     raise KeyError(f"Makefile: no {variable} := line")
 
 
@@ -46,9 +52,7 @@ def readme_recipe_overrides(recipe: str) -> dict:
     found = re.search(rf"<!-- recipe: {re.escape(recipe)} -->\s*```bash\n(.*?)```", text, re.S)
     if found is None:
         raise KeyError(f"README: no recipe {recipe}")
-    words = shlex.split(found.group(1))
-    settings = [words[i + 1] for i, word in enumerate(words) if word == "-S"]
-    return {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in settings)}
+    return set_options(found.group(1))
 
 
 class StageRunner:
