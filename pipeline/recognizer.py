@@ -220,11 +220,12 @@ class Recognizer:
         for batch, log_probs, frames, network_seconds in self.emissions(line, widths, progress):
             seconds["model"] += network_seconds
             frame_counts = frames.tolist()
-            # one copy per batch for scoring every decoder's text (a no-op on the CPU)
+            # one copy per batch, for every decoder (the beam searches run on the CPU) and for
+            # scoring their texts (a no-op on the CPU)
             cpu_log_probs, cpu_frames = log_probs.float().cpu(), frames.cpu()
             for name in decoders:
                 start = time.perf_counter()
-                hypotheses = self.decoders[name](log_probs, frames)
+                hypotheses = self.decoders[name](cpu_log_probs, cpu_frames)
                 seconds[name] += time.perf_counter() - start
                 texts = [hypothesis.text for hypothesis in hypotheses]
                 likelihoods = text_log_likelihoods(cpu_log_probs, cpu_frames, texts, self.charset)
