@@ -1,9 +1,10 @@
 """The ``LightningDataModule``: line parquet -> padded, width-bucketed batches.
 
 A batch is a ``Batch``: images ``(B, 1, H, W)`` float with ink = 1 and paper = 0, padded on
-the right with 0 to the widest line; ``widths (B,)`` the real widths in px (the model
-turns them into CTC input lengths); targets concatenated ``(sum L,)`` with ``target_lengths
-(B,)``; and the texts, ids and writers for metrics and reports.
+the right with 0 past the widest line to a multiple of 32 px; ``widths (B,)`` the real
+widths in px (the model turns them into CTC input lengths); targets concatenated
+``(sum L,)`` with ``target_lengths (B,)``; and the texts, ids and writers for metrics and
+reports.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pipeline.augment import Transform, build_augmentation
 from pipeline.charset import Charset
 from pipeline.layout import LinesFolder
 from pipeline.lines import decode_png, read_split
-from pipeline.params import AugmentParams
+from pipeline.params import AugmentParams, padded_width
 
 log = logging.getLogger(__name__)
 
@@ -119,10 +120,11 @@ class LineDataset(Dataset):
 
 
 def pad_lines(lines: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Model inputs ``(1, H, W_i)`` -> ``images (B, 1, H, max W)`` padded on the right with
-    paper (0), and ``widths (B,)``."""
+    """Model inputs ``(1, H, W_i)`` -> ``images (B, 1, H, W)`` padded on the right with
+    paper (0) to ``padded_width`` of the widest, and ``widths (B,)``."""
     widths = torch.tensor([line.shape[-1] for line in lines])
-    images = torch.zeros(len(lines), 1, lines[0].shape[-2], int(widths.max()))  # (B, 1, H, W)
+    width = padded_width(int(widths.max()))
+    images = torch.zeros(len(lines), 1, lines[0].shape[-2], width)  # (B, 1, H, W)
     for i, line in enumerate(lines):
         images[i, :, :, : line.shape[-1]] = line
     return images, widths
@@ -143,13 +145,14 @@ def collate(items: list[dict]) -> Batch:
 
 def cut_batches(order: np.ndarray, widths: np.ndarray, batch_size: int, max_width_sum: int):
     """Consecutive lines of ``order`` (sorted by width) in batches of at most ``batch_size``
-    lines whose padded width (lines x widest) stays within ``max_width_sum``."""
+    lines whose padded width (lines x ``padded_width`` of the widest) stays within
+    ``max_width_sum``."""
     batches, current, widest = [], [], 0
     for index in order.tolist():
-        wider = max(widest, int(widths[index]))
+        wider = max(widest, padded_width(int(widths[index])))
         if current and (len(current) == batch_size or (len(current) + 1) * wider > max_width_sum):
             batches.append(current)
-            current, wider = [], int(widths[index])
+            current, wider = [], padded_width(int(widths[index]))
         current.append(index)
         widest = wider
     if current:

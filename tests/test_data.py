@@ -1,5 +1,6 @@
 import logging
 
+import numpy as np
 import pytest
 import torch
 
@@ -9,9 +10,11 @@ from pipeline.data import (
     WidthBucketBatches,
     collate,
     ctc_min_frames,
+    cut_batches,
     to_model_input,
 )
 from pipeline.layout import LinesFolder
+from pipeline.params import padded_width
 from pipeline.pull import pull
 
 
@@ -36,9 +39,11 @@ def test_collate_pads_with_paper_and_keeps_real_widths():
         for w, t, s in [(10, [1, 2], "ab"), (25, [3], "c")]
     ]
     batch = collate(items)
-    assert batch.images.shape == (2, 1, 32, 25)
+    assert batch.images.shape == (2, 1, 32, 32)  # the widest, 25, rounded up to 32 px
     assert batch.widths.tolist() == [10, 25]
     assert batch.images[0, :, :, 10:].abs().sum() == 0  # padding is paper (0)
+    assert batch.images[1, :, :, 25:].abs().sum() == 0
+    assert batch.images[1, :, :, :25].min() == 1.0  # the line itself untouched
     assert batch.targets.tolist() == [1, 2, 3] and batch.target_lengths.tolist() == [2, 1]
 
 
@@ -56,6 +61,13 @@ def test_width_buckets_cover_every_line_once_and_reshuffle():
     assert list(batches) == first  # the same epoch gives the same order: resumable
     for batch in first:  # each batch is from one width-sorted pool: narrow spread
         assert max(widths[i] for i in batch) - min(widths[i] for i in batch) < 8 * 32
+
+
+def test_width_buckets_count_the_padded_width_against_the_pixel_bound():
+    # two 33 px lines are padded to 64 px each: 128 px of the bound, not 66
+    assert cut_batches(np.arange(2), np.array([33, 33]), 8, max_width_sum=127) == [[0], [1]]
+    assert cut_batches(np.arange(2), np.array([33, 33]), 8, max_width_sum=128) == [[0, 1]]
+    assert cut_batches(np.arange(3), np.array([10, 20, 32]), 8, max_width_sum=96) == [[0, 1, 2]]
 
 
 def test_width_buckets_split_across_ranks_with_equal_counts():
@@ -125,12 +137,14 @@ def test_dataset_items_have_the_model_height(tmp_path, tiny_params, train):
 
 
 def test_batches_stay_within_the_pixel_budget_and_a_line_over_it_goes_alone():
-    # height 10, budget 1,000 px: at most 100 px of padded width per batch
-    widths = [10, 20, 30, 40, 50, 60, 200]
-    batches = list(WidthBucketBatches(widths, 8, False, seed=0, height=10, max_pixels=1000))
-    assert batches == [[0, 1, 2], [3, 4], [5], [6]]  # 3x30, 2x50, 1x60, the 200 px line alone
+    # height 10, budget 2,000 px: at most 200 px of padded width per batch (each batch
+    # padded to a multiple of 32 px past its widest line)
+    widths = [20, 30, 60, 64, 90, 100, 300]
+    batches = list(WidthBucketBatches(widths, 8, False, seed=0, height=10, max_pixels=2000))
+    # 3x64, 2x96, 1x128, the 300 px line alone
+    assert batches == [[0, 1, 2], [3, 4], [5], [6]]
     for batch in batches[:-1]:
-        assert len(batch) * max(widths[i] for i in batch) * 10 <= 1000
+        assert len(batch) * padded_width(max(widths[i] for i in batch)) * 10 <= 2000
     unbounded = list(WidthBucketBatches(widths, 8, False, seed=0))
     assert unbounded == [list(range(7))]
 
