@@ -162,6 +162,14 @@ RUNS: dict[str, dict] = {
     # the 22 epochs now fit in 27.5 of the 30 minutes here: two more, paced by the cap
     "recipe-e24": {**RECIPE, **PRETRAINED, "train.max_epochs": 24},
     "recipe-e24-seed2": {**RECIPE, **PRETRAINED, "train.max_epochs": 24, **SEED2},
+    # batch 2: twice the optimizer steps; the network alone steps ~10 % fewer lines/s (one
+    # thread, 64 x 900 px: 104 ms a step of 2 against 186 of 4), but the run trained 15.1
+    # lines/s against batch 4's 21.4 and the cap stopped it after 17 epochs
+    "recipe-b2": {**RECIPE, **PRETRAINED, "train.batch_size": 2},
+    "recipe-b2-seed2": {**RECIPE, **PRETRAINED, "train.batch_size": 2, **SEED2},
+    # batches padded to a multiple of 32 px make a step ~15 % faster (bench/pad_multiple.py):
+    # the 22 epochs end well inside the cap; 26 fill it
+    "recipe-e26": {**RECIPE, **PRETRAINED, "train.max_epochs": 26},
     # README's iam-gpu recipe (the reference preset at 128 px, from random weights) on these
     # lines, on a lent GPU machine; the cap only keeps the run inside one device call. (Its
     # first try, row iam-gpu-early-stopping4, stopped in CTC's blank plateau: the recipe
