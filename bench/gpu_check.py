@@ -7,7 +7,8 @@
    pipeline's decoders (flashlight's beam search runs on the CPU), and tries torchaudio's
    CUDA beam decoder on the same emissions in a child process: it is out of the pipeline
    while pytorch/audio#3754 aborts it on an H100, and this says whether it still does;
-3. measures training lines/s of the ``reference`` preset at 128 px and of the CPU default;
+3. measures training lines/s of the ``reference`` preset at 128 px and of the CPU default:
+   the bare step, with changing batch widths, and deterministic as the train stage runs it;
 4. runs a 1-GPU DDP smoke (``strategy=ddp``) through the train stage.
 
 Prints a table, writes ``--out`` (JSON), exits 1 if any check failed. Without a GPU it
@@ -19,11 +20,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import subprocess
 import sys
 import tempfile
 import time
 import traceback
+import warnings
 from pathlib import Path
 
 import torch
@@ -34,7 +37,7 @@ from pipeline.data import LineDataset
 from pipeline.decoding import BLANK_TOKEN
 from pipeline.layout import LinesFolder
 from pipeline.model import CRNN, ModelConfig
-from pipeline.params import load_params
+from pipeline.params import load_params, padded_width
 from pipeline.recognizer import Recognizer
 
 FULL = {"lines": 4000, "epochs": 4, "ddp_lines": 400, "speed_steps": 30}  # 1,000 steps
@@ -148,6 +151,10 @@ def cuda_decoder_child(batches: Path) -> None:
 
 
 def training_speed(preset: str, device: str, steps: int) -> dict:
+    """Training lines/s of the network's bare step, and of the same step with what the train
+    stage adds on top, one at a time: ``deterministic`` as the stage sets it on a GPU
+    (cuDNN's deterministic kernels, ``use_deterministic_algorithms(warn_only)``), and batch
+    widths that change every step (0.5x to 1.5x, padded as ``pad_lines`` pads them)."""
     params = load_params(ROOT / "params.yaml")
     arch = params.model.presets[preset]
     batch, width, chars = (16, 1000, 40) if preset == "reference" else (16, 200, 28)
@@ -155,15 +162,16 @@ def training_speed(preset: str, device: str, steps: int) -> dict:
         device
     )
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    images = torch.rand(batch, 1, arch.height, width, device=device)
-    widths = torch.full((batch,), width, device=device)
     targets = torch.randint(1, 80, (batch, chars), device=device)
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    draw = random.Random(0)
 
-    def step() -> None:
+    def step(step_width: int) -> None:
+        images = torch.rand(batch, 1, arch.height, step_width, device=device)  # (B, 1, H, W)
+        widths = torch.full((batch,), step_width, device=device)
         optimizer.zero_grad()
         with torch.autocast(device, dtype=dtype, enabled=device == "cuda"):
-            log_probs, _ = model(images, widths)
+            log_probs, _ = model(images, widths)  # (T, B, K)
         frames = model.output_lengths(widths)
         loss = torch.nn.functional.ctc_loss(
             log_probs.float(), targets, frames, torch.full((batch,), chars, device=device)
@@ -171,23 +179,38 @@ def training_speed(preset: str, device: str, steps: int) -> dict:
         loss.backward()
         optimizer.step()
 
-    for _ in range(3):  # warm-up (cuDNN autotuning, allocator)
-        step()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    seconds = (time.perf_counter() - start) / steps
-    return {
+    def lines_per_second(widths: list[int]) -> float:
+        for step_width in widths[: 3 if len(widths) >= 10 else 1]:  # warm-up (cuDNN, allocator)
+            step(step_width)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for step_width in widths:
+            step(step_width)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return round(batch * len(widths) / (time.perf_counter() - start), 1)
+
+    fixed = [width] * steps
+    varying = [padded_width(draw.randint(width // 2, width * 3 // 2)) for _ in range(steps)]
+    result = {
         "input": f"{arch.height}x{width}",
         "batch": batch,
         "parameters": sum(p.numel() for p in model.parameters()),
-        "lines_per_second": round(batch / seconds, 1),
-        "ok": True,
+        "lines_per_second": lines_per_second(fixed),
+        "varying_widths_lines_per_second": lines_per_second(varying),
     }
+    cudnn_deterministic = torch.backends.cudnn.deterministic
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic = True
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the CTC backward's warning, once per step
+            result["deterministic_lines_per_second"] = lines_per_second(fixed)
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.deterministic = cudnn_deterministic
+    return result | {"ok": True}
 
 
 def check_ddp(work: Path, sizes: dict, device: str) -> dict:
