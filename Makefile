@@ -73,7 +73,7 @@ ci-baseline: setup
 # validation split (README, "Training on real handwriting"). It keeps params.yaml's one
 # compute thread and one data-loading process (the fastest on 2 vCPUs); on a bigger machine,
 # e.g. REAL_EXTRA='-S train.cpu_threads=0 -S train.num_workers=4'.
-REAL_RECIPE := -S data.source=hub -S data.max_bad_fraction=0.05 -S data.height=64 -S model.preset=cpu64 -S model.input_norm=contrast -S train.batch_size=4 -S train.max_epochs=22 -S train.max_time_minutes=30.0 -S evaluate.beam_width=50
+REAL_RECIPE := -S data.source=hub -S data.max_bad_fraction=0.05 -S data.height=64 -S model.preset=cpu64 -S model.input_norm=contrast -S train.batch_size=4 -S train.max_epochs=26 -S train.max_time_minutes=30.0 -S evaluate.beam_width=50
 REAL_EXTRA ?=
 NAME ?= real-$(notdir $(abspath $(DATA)))
 

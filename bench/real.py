@@ -170,6 +170,7 @@ RUNS: dict[str, dict] = {
     # batches padded to a multiple of 32 px make a step ~15 % faster (bench/pad_multiple.py):
     # the 22 epochs end well inside the cap; 26 fill it
     "recipe-e26": {**RECIPE, **PRETRAINED, "train.max_epochs": 26},
+    "recipe-e26-seed2": {**RECIPE, **PRETRAINED, "train.max_epochs": 26, **SEED2},
     # README's iam-gpu recipe (the reference preset at 128 px, from random weights) on these
     # lines, on a lent GPU machine; the cap only keeps the run inside one device call. (Its
     # first try, row iam-gpu-early-stopping4, stopped in CTC's blank plateau: the recipe
