@@ -200,6 +200,8 @@ def training_speed(preset: str, device: str, steps: int) -> dict:
         "lines_per_second": lines_per_second(fixed),
         "varying_widths_lines_per_second": lines_per_second(varying),
     }
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    deterministic_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     cudnn_deterministic = torch.backends.cudnn.deterministic
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.deterministic = True
@@ -208,7 +210,7 @@ def training_speed(preset: str, device: str, steps: int) -> dict:
             warnings.simplefilter("ignore")  # the CTC backward's warning, once per step
             result["deterministic_lines_per_second"] = lines_per_second(fixed)
     finally:
-        torch.use_deterministic_algorithms(False)
+        torch.use_deterministic_algorithms(deterministic, warn_only=deterministic_warn_only)
         torch.backends.cudnn.deterministic = cudnn_deterministic
     return result | {"ok": True}
 

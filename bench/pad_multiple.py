@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.model import CRNN, ModelConfig
-from pipeline.params import load_params
+from pipeline.params import load_params, padded_width
 
 CLASSES = 90
 # (preset, input_norm, batch size, narrowest and widest px of a batch): the default model on
@@ -52,7 +52,7 @@ def measure(
     for _ in range(steps):
         width = middle if multiple is None else draw.randint(low, high)
         if multiple:
-            width = -(-width // multiple) * multiple
+            width = padded_width(width, multiple)
         images = torch.rand(batch, 1, height, width)  # (B, 1, H, W)
         widths = torch.full((batch,), width)
         targets = torch.randint(1, CLASSES, (batch, 20))

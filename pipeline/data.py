@@ -149,10 +149,11 @@ def cut_batches(order: np.ndarray, widths: np.ndarray, batch_size: int, max_widt
     ``max_width_sum``."""
     batches, current, widest = [], [], 0
     for index in order.tolist():
-        wider = max(widest, padded_width(int(widths[index])))
+        width = padded_width(int(widths[index]))
+        wider = max(widest, width)
         if current and (len(current) == batch_size or (len(current) + 1) * wider > max_width_sum):
             batches.append(current)
-            current, wider = [], padded_width(int(widths[index]))
+            current, wider = [], width
         current.append(index)
         widest = wider
     if current:
@@ -276,7 +277,7 @@ class LineDataModule(L.LightningDataModule):
         ]
         dropped = len(dataset) - len(keep)
         self.dropped_infeasible[split] = dropped
-        if dropped:
+        if dropped and (self.trainer is None or self.trainer.is_global_zero):
             examples = [dataset.ids[i] for i in sorted(set(range(len(dataset))) - set(keep))[:3]]
             log.warning(
                 "%s: dropped %d of %d lines whose text needs more CTC frames than the image "

@@ -78,7 +78,8 @@ def time_budget_used(trainer: L.Trainer) -> Callable[[], float] | None:
     cap = max(timer.time_elapsed() + timer.time_remaining(), 1e-9)  # the cap, in seconds
 
     def used() -> float:
-        return min(1.0, timer.time_elapsed() / cap)
+        # rank 0's clock on every rank: DDP ranks must step the same learning rate
+        return min(1.0, trainer.strategy.broadcast(timer.time_elapsed()) / cap)
 
     return used
 

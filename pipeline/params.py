@@ -155,14 +155,15 @@ AFFINE_SIDE_PADDING = 0.5  # paper added left and right before the affine step, 
 
 # Batches are padded to a multiple of this many px: a CPU convolution (oneDNN) builds its
 # kernels anew for each new input shape, so widths that change from batch to batch made a
-# training step of 4 x 650 px lines 18 % slower than one fixed width; rounded to 32 px, no
-# slower (bench/pad_multiple.py), for ~16 px more padding a batch.
+# training step of 4 lines of 350-950 px 26 % slower than one fixed width (172 against
+# 136 ms); rounded to 32 px, 1-3 % slower (140 ms; bench/pad_multiple.py), for ~16 px more
+# padding a batch.
 PAD_WIDTH_MULTIPLE = 32
 
 
-def padded_width(width: int) -> int:
+def padded_width(width: int, multiple: int = PAD_WIDTH_MULTIPLE) -> int:
     """The width (px) of a batch whose widest line is ``width`` px: what memory bounds count."""
-    return -(-width // PAD_WIDTH_MULTIPLE) * PAD_WIDTH_MULTIPLE
+    return -(-width // multiple) * multiple
 
 
 @dataclass(frozen=True)
@@ -322,12 +323,13 @@ class TrainParams:
     num_nodes: int
     num_workers: int  # DataLoader worker processes
     cpu_threads: int  # torch intra-op threads on CPU; 0 = torch's default
+    cpu_processes: int  # training processes (DDP) when training on CPU; a GPU ignores it
     deterministic: bool  # torch deterministic algorithms (same metrics on every CPU run)
     init_from: str  # checkpoint to fine-tune from; "" trains from scratch
     max_batch_pixels: int  # padded pixels per batch (B x H x W_max): bounds a step's memory
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "max_epochs", "num_nodes", "max_batch_pixels"):
+        for name in ("batch_size", "max_epochs", "num_nodes", "max_batch_pixels", "cpu_processes"):
             _require(
                 getattr(self, name) >= 1,
                 f"train.{name}",

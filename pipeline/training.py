@@ -90,7 +90,8 @@ class RunFingerprint(Callback):
 
 
 class SpeedMeter(Callback):
-    """Wall time of training batches (not validation) and lines seen: train lines/s."""
+    """Wall time of training batches (not validation) and lines seen by all processes:
+    train lines/s."""
 
     def __init__(self) -> None:
         self.lines = 0
@@ -111,6 +112,11 @@ class SpeedMeter(Callback):
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self.epoch_seconds.append(time.perf_counter() - self._epoch_start)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        # DDP: each process counted its own batches; the ranks step together
+        lines = torch.tensor(self.lines, dtype=torch.float64, device=pl_module.device)
+        self.lines = round(float(trainer.strategy.reduce(lines, reduce_op="sum")))
 
 
 class InterruptNotice(Callback):
@@ -277,6 +283,18 @@ def trains_on_cuda(params: Params) -> bool:
     return torch.cuda.is_available() and params.train.accelerator in ("auto", "gpu", "cuda")
 
 
+def devices_for(params: Params) -> dict:
+    """Lightning's accelerator, devices and strategy: the params' own, except on CPU with
+    ``cpu_processes`` > 1, where that many DDP processes share the cores."""
+    if params.train.cpu_processes > 1 and not trains_on_cuda(params):
+        return {"accelerator": "cpu", "devices": params.train.cpu_processes, "strategy": "ddp"}
+    return {
+        "accelerator": params.train.accelerator,
+        "devices": params.train.devices,
+        "strategy": params.train.strategy,
+    }
+
+
 def precision_for(params: Params) -> str:
     if params.train.precision != "auto":
         return params.train.precision
@@ -334,9 +352,7 @@ def train(params: Params, lines: LinesFolder, outputs: TrainOutputs) -> dict | N
         timedelta(minutes=params.train.max_time_minutes) if params.train.max_time_minutes else None
     )
     trainer = L.Trainer(
-        accelerator=params.train.accelerator,
-        devices=params.train.devices,
-        strategy=params.train.strategy,
+        **devices_for(params),
         num_nodes=params.train.num_nodes,
         precision=precision_for(params),
         max_epochs=params.train.max_epochs,
@@ -389,12 +405,14 @@ def train(params: Params, lines: LinesFolder, outputs: TrainOutputs) -> dict | N
     speed_metrics = {
         "device": device,
         "precision": str(trainer.precision),
-        "threads": torch.get_num_threads(),
+        "processes": trainer.world_size,  # DDP: one per device
+        "threads": torch.get_num_threads(),  # per process
         "fit_seconds": round(time.perf_counter() - started, 1),
         "epochs_this_run": epochs_run,  # fewer than "epochs" when the run resumed
         "seconds_per_epoch": round(sum(speed.epoch_seconds) / epochs_run, 1)
         if epochs_run
         else None,
+        "train_lines": speed.lines,  # all processes, this run
         "train_lines_per_second": round(speed.lines / speed.train_seconds, 1)
         if speed.train_seconds
         else None,

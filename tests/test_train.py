@@ -27,7 +27,7 @@ from pipeline.lit_module import load_model
 from pipeline.params import parse_params
 from pipeline.pull import pull
 from pipeline.recognizer import Recognizer
-from pipeline.training import TrainOutputs, determinism_for, train
+from pipeline.training import TrainOutputs, determinism_for, devices_for, train
 from tests.conftest import ROOT, TAKES_CTRL_C, project_params_dict, tiny_params_dict
 
 
@@ -325,8 +325,9 @@ def test_a_resume_survives_a_dvclive_summary_cut_short_by_the_kill(
 
 @pytest.mark.slow
 def test_ddp_with_two_cpu_processes(tmp_path):
+    # with a time cap (not reached): the schedule then follows rank 0's clock on both ranks
     command = _prepare_stage_run(
-        tmp_path, train_lines=16, accelerator="cpu", devices="2", strategy="ddp", max_epochs=2
+        tmp_path, train_lines=16, cpu_processes=2, max_epochs=2, max_time_minutes=5.0
     )
     result = subprocess.run(
         command, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600
@@ -337,7 +338,25 @@ def test_ddp_with_two_cpu_processes(tmp_path):
     metrics = json.loads((tmp_path / "metrics" / "train.json").read_text())
     assert metrics["epochs"] == 2
     assert metrics["steps"] == 2 * 2  # 16 lines / batch 4 / 2 ranks, per epoch
+    speed = json.loads((tmp_path / "metrics" / "train_speed.json").read_text())
+    assert speed["processes"] == 2 and speed["train_lines"] == 2 * 16  # both ranks counted
     assert load_model(tmp_path / "models" / "model.ckpt").charset.num_classes > 1
+
+
+def test_cpu_processes_mean_ddp_on_cpu_and_give_way_to_a_gpu(tiny_params, monkeypatch):
+    def with_train(**changes):
+        return dataclasses.replace(
+            tiny_params, train=dataclasses.replace(tiny_params.train, **changes)
+        )
+
+    own = {"accelerator": "auto", "devices": "auto", "strategy": "auto"}
+    ddp = {"accelerator": "cpu", "devices": 2, "strategy": "ddp"}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert devices_for(with_train(cpu_processes=1, **own)) == own
+    assert devices_for(with_train(cpu_processes=2, **own)) == ddp
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert devices_for(with_train(cpu_processes=2, **own)) == own  # the GPU decides
+    assert devices_for(with_train(cpu_processes=2, **{**own, "accelerator": "cpu"})) == ddp
 
 
 def test_tiny_table_helper_roundtrip(tmp_path):
@@ -455,6 +474,9 @@ def test_the_time_budget_is_the_trainers_max_time():
     timer = next(c for c in capped.callbacks if isinstance(c, L.pytorch.callbacks.Timer))
     timer._offset = 450.0  # as a resumed run restores it: 7.5 of 30 minutes spent
     assert used() == pytest.approx(0.25)
+    # under DDP every rank steps the schedule by rank 0's clock (the strategy's broadcast)
+    capped.strategy.broadcast = lambda value, src=0: 900.0 if src == 0 else value
+    assert used() == pytest.approx(0.5)
 
 
 def test_a_run_the_time_cap_stops_ends_on_an_annealed_learning_rate(tmp_path):
