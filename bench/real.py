@@ -38,6 +38,15 @@ PRETRAINED = {"train.init_from": str(ROOT / "models" / "pretrained.ckpt")}
 # weight 0.5, bonus 1.5); the recipe rows before set the Witten-Bell 5-gram's weight 0.5,
 # bonus 2.0 (each row in results/real.json records the overrides it ran with).
 RECIPE = makefile_overrides("REAL_RECIPE")
+# The recipe in one training process with early stopping (params.yaml's patience of 4), as
+# every row up to recipe-e26-seed2 ran it (with 22 epochs until recipe-e26; results/real.json
+# records each row's overrides as it ran)
+ONE_PROCESS_RECIPE = {
+    **RECIPE,
+    "train.cpu_processes": 1,
+    "train.max_epochs": 26,
+    "train.early_stopping_patience": 4,
+}
 # params.yaml's threads when the rows up to b16-aug25 ran: torch's default (two compute
 # threads here), data loaded in the training process. The default is now one thread and
 # one loader process (below); these rows keep what they measured.
@@ -58,6 +67,7 @@ B16 = {
 # augments the next batch during the network's step). params.yaml's default since; the
 # recipe rows get it from there.
 ONE_THREAD_ONE_LOADER = {"train.cpu_threads": 1, "train.num_workers": 1}
+TWO_PROCESSES = {"train.cpu_processes": 2}
 # another seed (new classes' initial weights, shuffling, augmentation draws)
 SEED2 = {"seed": 20261125}
 # BiLSTMs of 256 per direction (the teacher must have them too: see the size rows)
@@ -95,31 +105,40 @@ RUNS: dict[str, dict] = {
     "recipe": {**RECIPE, **PRETRAINED},  # `make real`
     "recipe-scratch": RECIPE,  # the same epochs and time, from random weights
     # fine-tuning at half the peak learning rate (the default 2e-3 was chosen on fonts)
-    "recipe-lr1e-3": {**RECIPE, **PRETRAINED, "train.learning_rate": 1.0e-3},
-    "recipe-lr3e-3": {**RECIPE, **PRETRAINED, "train.learning_rate": 3.0e-3},
+    "recipe-lr1e-3": {**ONE_PROCESS_RECIPE, **PRETRAINED, "train.learning_rate": 1.0e-3},
+    "recipe-lr3e-3": {**ONE_PROCESS_RECIPE, **PRETRAINED, "train.learning_rate": 3.0e-3},
     # fewer epochs, so that the whole schedule runs inside the cap on this machine: the same
     # result on a faster host
-    "recipe-e18": {**RECIPE, **PRETRAINED, "train.max_epochs": 18},
+    "recipe-e18": {**ONE_PROCESS_RECIPE, **PRETRAINED, "train.max_epochs": 18},
     # the CTC shortcut head's share of the loss (0.1 was set on fonts)
-    "recipe-shortcut0.3": {**RECIPE, **PRETRAINED, "model.shortcut_weight": 0.3},
+    "recipe-shortcut0.3": {**ONE_PROCESS_RECIPE, **PRETRAINED, "model.shortcut_weight": 0.3},
     # train 0.70 vs validation 1.04 loss per character at the end: some overfitting. LSTM
     # dropout costs CPU time, so inside the cap it also means fewer steps.
-    "recipe-dropout0.2": {**RECIPE, **PRETRAINED, "model.presets.cpu64.lstm_dropout": 0.2},
+    "recipe-dropout0.2": {
+        **ONE_PROCESS_RECIPE,
+        **PRETRAINED,
+        "model.presets.cpu64.lstm_dropout": 0.2,
+    },
     # the recipe again with another seed (initial weights of the new classes, shuffling,
     # augmentation draws): how far one run of it is from the next
-    "recipe-seed2": {**RECIPE, **PRETRAINED, **SEED2},
+    "recipe-seed2": {**ONE_PROCESS_RECIPE, **PRETRAINED, **SEED2},
     # train 0.70 vs validation 1.04 loss per character: each transform on 3 lines in 4
-    "recipe-aug75": {**RECIPE, **PRETRAINED, "augment.probability": 0.75},
+    "recipe-aug75": {**ONE_PROCESS_RECIPE, **PRETRAINED, "augment.probability": 0.75},
     # hands differ in how wide they write: the ink 0.75x to 1.25x as wide, half the lines
-    "recipe-stretch": {**RECIPE, **PRETRAINED, "augment.stretch": True},
+    "recipe-stretch": {**ONE_PROCESS_RECIPE, **PRETRAINED, "augment.stretch": True},
     # validate and keep an average of the last ~1,000 steps' weights (~2.7 epochs at batch 4)
-    "recipe-ema": {**RECIPE, **PRETRAINED, "train.ema_decay": 0.999},
+    "recipe-ema": {**ONE_PROCESS_RECIPE, **PRETRAINED, "train.ema_decay": 0.999},
     # 48 px lines (the issue's 32 / 48 / 64): 0.56x the encoder's pixels of 64 px, so more
     # steps in the cap; at 4 px per frame ~3.4 frames per character instead of ~4.5 ...
-    "recipe-h48": {**RECIPE, **PRETRAINED, "data.height": 48, "model.presets.cpu64.height": 48},
+    "recipe-h48": {
+        **ONE_PROCESS_RECIPE,
+        **PRETRAINED,
+        "data.height": 48,
+        "model.presets.cpu64.height": 48,
+    },
     # ... or at 2 px per frame (~6.7 frames per character, twice the BiLSTM's frames)
     "recipe-h48-2px": {
-        **RECIPE,
+        **ONE_PROCESS_RECIPE,
         **PRETRAINED,
         "data.height": 48,
         "model.presets.cpu64.height": 48,
@@ -131,46 +150,71 @@ RUNS: dict[str, dict] = {
     # thread: 216 ms as is, 224 ms with a third BiLSTM layer, 291 ms with two residual
     # blocks per encoder stage, 300 ms with BiLSTMs of 256, 327 ms with 1.5x the encoder's
     # channels (the cpu preset at batch 16, 32 px: 422 / 512 / 619 / 729 / 665 ms).
-    "recipe-lstm3": {**RECIPE, **PRETRAINED, "model.presets.cpu64.lstm_layers": 3},
-    "recipe-blocks2": {**RECIPE, **PRETRAINED, "model.presets.cpu64.blocks": [2, 2, 2, 2]},
-    "recipe-lstm256": {**RECIPE, **PRETRAINED, **LSTM256},
-    "recipe-lstm256-seed2": {**RECIPE, **PRETRAINED, **LSTM256, **SEED2},
+    "recipe-lstm3": {**ONE_PROCESS_RECIPE, **PRETRAINED, "model.presets.cpu64.lstm_layers": 3},
+    "recipe-blocks2": {
+        **ONE_PROCESS_RECIPE,
+        **PRETRAINED,
+        "model.presets.cpu64.blocks": [2, 2, 2, 2],
+    },
+    "recipe-lstm256": {**ONE_PROCESS_RECIPE, **PRETRAINED, **LSTM256},
+    "recipe-lstm256-seed2": {**ONE_PROCESS_RECIPE, **PRETRAINED, **LSTM256, **SEED2},
     # the same from a 256-wide teacher of 6 epochs instead of 8 (train.max_epochs 6: what
     # `make repro`'s 15 minutes leave it here); its md5 tells the two teachers apart
-    "recipe-lstm256-e6": {**RECIPE, **PRETRAINED, **LSTM256},
-    "recipe-lstm256-e6-seed2": {**RECIPE, **PRETRAINED, **LSTM256, **SEED2},
+    "recipe-lstm256-e6": {**ONE_PROCESS_RECIPE, **PRETRAINED, **LSTM256},
+    "recipe-lstm256-e6-seed2": {**ONE_PROCESS_RECIPE, **PRETRAINED, **LSTM256, **SEED2},
     # from a teacher whose embedded lines join the letters of half the lines of the fonts
     # that print them apart (its `make repro` with synthetic.join_letters 0.5)
-    "recipe-join50": {**RECIPE, **PRETRAINED},
-    "recipe-join50-seed2": {**RECIPE, **PRETRAINED, **SEED2},
+    "recipe-join50": {**ONE_PROCESS_RECIPE, **PRETRAINED},
+    "recipe-join50-seed2": {**ONE_PROCESS_RECIPE, **PRETRAINED, **SEED2},
     # features averaged over the height instead of their maximum (model.column_pool), from
     # a teacher trained the same way (its `make repro` with that one change)
-    "recipe-avg": {**RECIPE, **PRETRAINED, "model.column_pool": "avg"},
-    "recipe-avg-seed2": {**RECIPE, **PRETRAINED, "model.column_pool": "avg", **SEED2},
+    "recipe-avg": {**ONE_PROCESS_RECIPE, **PRETRAINED, "model.column_pool": "avg"},
+    "recipe-avg-seed2": {**ONE_PROCESS_RECIPE, **PRETRAINED, "model.column_pool": "avg", **SEED2},
     # ... and from `make repro`'s own model (maximum over the height), switched to the
     # average for fine-tuning only (same weights' shapes: no teacher of its own)
-    "recipe-avg-max-teacher": {**RECIPE, **PRETRAINED, "model.column_pool": "avg"},
+    "recipe-avg-max-teacher": {**ONE_PROCESS_RECIPE, **PRETRAINED, "model.column_pool": "avg"},
     "recipe-wide": {
-        **RECIPE,
+        **ONE_PROCESS_RECIPE,
         **PRETRAINED,
         "model.presets.cpu64.stem_channels": 48,
         "model.presets.cpu64.widths": [48, 96, 144, 192],
     },
     # the recipe's second seed once the teacher convolves channels-last and the LM is the
     # Kneser-Ney 7-gram (beside a fresh clone's `make real` of the same commit)
-    "recipe-kn-seed2": {**RECIPE, **PRETRAINED, **SEED2},
+    "recipe-kn-seed2": {**ONE_PROCESS_RECIPE, **PRETRAINED, **SEED2},
     # the 22 epochs now fit in 27.5 of the 30 minutes here: two more, paced by the cap
-    "recipe-e24": {**RECIPE, **PRETRAINED, "train.max_epochs": 24},
-    "recipe-e24-seed2": {**RECIPE, **PRETRAINED, "train.max_epochs": 24, **SEED2},
+    "recipe-e24": {**ONE_PROCESS_RECIPE, **PRETRAINED, "train.max_epochs": 24},
+    "recipe-e24-seed2": {**ONE_PROCESS_RECIPE, **PRETRAINED, "train.max_epochs": 24, **SEED2},
     # batch 2: twice the optimizer steps; the network alone steps ~10 % fewer lines/s (one
     # thread, 64 x 900 px: 104 ms a step of 2 against 186 of 4), but the run trained 15.1
     # lines/s against batch 4's 21.4 and the cap stopped it after 17 epochs
-    "recipe-b2": {**RECIPE, **PRETRAINED, "train.batch_size": 2},
-    "recipe-b2-seed2": {**RECIPE, **PRETRAINED, "train.batch_size": 2, **SEED2},
+    "recipe-b2": {**ONE_PROCESS_RECIPE, **PRETRAINED, "train.batch_size": 2},
+    "recipe-b2-seed2": {**ONE_PROCESS_RECIPE, **PRETRAINED, "train.batch_size": 2, **SEED2},
     # batches padded to a multiple of 32 px make a step ~15 % faster (bench/pad_multiple.py):
     # the 22 epochs end well inside the cap; 26 fill it
-    "recipe-e26": {**RECIPE, **PRETRAINED, "train.max_epochs": 26},
-    "recipe-e26-seed2": {**RECIPE, **PRETRAINED, "train.max_epochs": 26, **SEED2},
+    "recipe-e26": {**ONE_PROCESS_RECIPE, **PRETRAINED},
+    "recipe-e26-seed2": {**ONE_PROCESS_RECIPE, **PRETRAINED, **SEED2},
+    # two DDP processes, one per core (train.cpu_processes=2; these rows ran with what it
+    # sets: accelerator cpu, devices 2, strategy ddp): one thread and its loader left most of
+    # the second core idle. Each process trains batches of 4, 42.6 s an epoch instead of 69:
+    # 40 epochs in the cap. With early stopping (patience 4) ...
+    "recipe-ddp2-e40": {
+        **ONE_PROCESS_RECIPE,
+        **PRETRAINED,
+        **TWO_PROCESSES,
+        "train.max_epochs": 40,
+    },
+    "recipe-ddp2-e40-seed2": {
+        **ONE_PROCESS_RECIPE,
+        **PRETRAINED,
+        **TWO_PROCESSES,
+        "train.max_epochs": 40,
+        **SEED2,
+    },
+    # ... which stopped the second seed at epoch 31 of 40, its learning rate not yet
+    # annealed: the recipe turns it off (the best epoch is kept anyway). The first seed never
+    # stopped early, so recipe-ddp2-e40 is the recipe's first seed.
+    "recipe-ddp2-e40-p0-seed2": {**RECIPE, **PRETRAINED, **SEED2},
     # README's iam-gpu recipe (the reference preset at 128 px, from random weights) on these
     # lines, on a lent GPU machine; the cap only keeps the run inside one device call. (Its
     # first try, row iam-gpu-early-stopping4, stopped in CTC's blank plateau: the recipe
