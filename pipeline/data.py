@@ -277,17 +277,20 @@ class LineDataModule(L.LightningDataModule):
         ]
         dropped = len(dataset) - len(keep)
         self.dropped_infeasible[split] = dropped
-        if dropped and (self.trainer is None or self.trainer.is_global_zero):
-            examples = [dataset.ids[i] for i in sorted(set(range(len(dataset))) - set(keep))[:3]]
-            log.warning(
-                "%s: dropped %d of %d lines whose text needs more CTC frames than the image "
-                "gives at %d px high (e.g. %s); lower the encoder's width strides to keep them",
-                split,
-                dropped,
-                len(dataset),
-                self.height,
-                ", ".join(examples),
-            )
+        if dropped:
+            if self.trainer is None or self.trainer.is_global_zero:  # once, not per rank
+                examples = [
+                    dataset.ids[i] for i in sorted(set(range(len(dataset))) - set(keep))[:3]
+                ]
+                log.warning(
+                    "%s: dropped %d of %d lines whose text needs more CTC frames than the image "
+                    "gives at %d px high (e.g. %s); lower the encoder's width strides to keep them",
+                    split,
+                    dropped,
+                    len(dataset),
+                    self.height,
+                    ", ".join(examples),
+                )
             dataset.keep(keep)
         return dataset
 

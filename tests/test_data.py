@@ -1,4 +1,5 @@
 import logging
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -182,3 +183,22 @@ def test_augmented_training_batches_stay_within_the_pixel_budget(tmp_path, tiny_
         for batch in module.train_dataloader():
             batch_size, _, height, width = batch.images.shape  # (B, 1, H, W)
             assert batch_size == 1 or batch_size * height * width <= budget
+
+
+def test_every_ddp_rank_drops_the_infeasible_lines_and_only_rank_0_warns(
+    tmp_path, tiny_params, caplog
+):
+    """Ranks that kept different lines would cut different batches and DDP's collectives
+    would fall out of step (gloo: "Received data size doesn't match expected size")."""
+    pull(tiny_params, tmp_path / "lines", tmp_path / "m.json")
+    charset = Charset.load(tmp_path / "lines" / "charset.json")
+    modules = {}
+    for rank in (0, 1):
+        module = _datamodule(tmp_path / "lines", charset, 32, lambda w: w // 12, tiny_params)
+        module.trainer = SimpleNamespace(is_global_zero=rank == 0, global_rank=rank, world_size=2)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            module.setup("fit")
+        modules[rank] = (module.datasets["train"].ids, "needs more CTC frames" in caplog.text)
+    assert modules[0][0] == modules[1][0] and len(modules[0][0]) < tiny_params.synthetic.train_lines
+    assert modules[0][1] and not modules[1][1]
