@@ -154,7 +154,8 @@ def training_speed(preset: str, device: str, steps: int) -> dict:
     """Training lines/s of the network's bare step, and of the same step with what the train
     stage adds on top, one at a time: ``deterministic`` as the stage sets it on a GPU
     (cuDNN's deterministic kernels, ``use_deterministic_algorithms(warn_only)``), and batch
-    widths that change every step (0.5x to 1.5x, padded as ``pad_lines`` pads them)."""
+    widths that change every step (0.5x to 1.5x, padded as ``pad_lines`` pads them), each
+    width met for the first time and met again."""
     params = load_params(ROOT / "params.yaml")
     arch = params.model.presets[preset]
     batch, width, chars = (16, 1000, 40) if preset == "reference" else (16, 200, 28)
@@ -179,8 +180,10 @@ def training_speed(preset: str, device: str, steps: int) -> dict:
         loss.backward()
         optimizer.step()
 
-    def lines_per_second(widths: list[int]) -> float:
-        for step_width in widths[: 3 if len(widths) >= 10 else 1]:  # warm-up (cuDNN, allocator)
+    def lines_per_second(widths: list[int], warm: bool = True) -> float:
+        # Warm-up: cuDNN chooses and caches its kernels once per input shape, so a long run
+        # meets each of its few dozen padded widths cold only once; warm=False times that.
+        for step_width in sorted(set(widths)) * 2 if warm else widths[:1]:
             step(step_width)
         if device == "cuda":
             torch.cuda.synchronize()
@@ -198,6 +201,8 @@ def training_speed(preset: str, device: str, steps: int) -> dict:
         "batch": batch,
         "parameters": sum(p.numel() for p in model.parameters()),
         "lines_per_second": lines_per_second(fixed),
+        # the same widths first cold, then each one seen before
+        "unseen_widths_lines_per_second": lines_per_second(varying, warm=False),
         "varying_widths_lines_per_second": lines_per_second(varying),
     }
     deterministic = torch.are_deterministic_algorithms_enabled()

@@ -226,7 +226,8 @@ RUNS: dict[str, dict] = {
     # README's iam-gpu recipe (the reference preset at 128 px, from random weights) on these
     # lines, on a lent GPU machine; the cap only keeps the run inside one device call. (Its
     # first try, row iam-gpu-early-stopping4, stopped in CTC's blank plateau: the recipe
-    # turns early stopping off since.)
+    # turns early stopping off since. Its committed row ran with deterministic kernels, which
+    # the recipe turned off later.)
     "iam-gpu": {**readme_recipe_overrides("iam-gpu"), **HUB, "train.max_time_minutes": 5.5},
 }
 
