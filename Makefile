@@ -70,10 +70,12 @@ ci-baseline: setup
 # Fine-tunes the embedded default model (`make repro`'s, copied first: DVC removes a stage's
 # outputs before running it) on the folder's lines with the recipe below, as a `dvc exp`
 # (--temp: the workspace is left as it is), then shows its results. Chosen on poilus-b1's
-# validation split (README, "Training on real handwriting"). It keeps params.yaml's one
-# compute thread and one data-loading process (the fastest on 2 vCPUs); on a bigger machine,
-# e.g. REAL_EXTRA='-S train.cpu_threads=0 -S train.num_workers=4'.
-REAL_RECIPE := -S data.source=hub -S data.max_bad_fraction=0.05 -S data.height=64 -S model.preset=cpu64 -S model.input_norm=contrast -S train.batch_size=4 -S train.max_epochs=26 -S train.max_time_minutes=30.0 -S evaluate.beam_width=50
+# validation split (README, "Training on real handwriting"). On CPU it trains in two DDP
+# processes (train.cpu_processes=2: one per core of this 2-vCPU machine), each with
+# params.yaml's one compute thread and one data-loading process; on a machine with more
+# cores, e.g. REAL_EXTRA='-S train.cpu_processes=8' (more lines per step: measure). With a
+# GPU the GPU trains it (cpu_processes is then ignored).
+REAL_RECIPE := -S data.source=hub -S data.max_bad_fraction=0.05 -S data.height=64 -S model.preset=cpu64 -S model.input_norm=contrast -S train.batch_size=4 -S train.cpu_processes=2 -S train.max_epochs=40 -S train.early_stopping_patience=0 -S train.max_time_minutes=30.0 -S evaluate.beam_width=50
 REAL_EXTRA ?=
 NAME ?= real-$(notdir $(abspath $(DATA)))
 

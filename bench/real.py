@@ -46,7 +46,7 @@ ONE_PROCESS_RECIPE = {
     "train.cpu_processes": 1,
     "train.max_epochs": 26,
     "train.early_stopping_patience": 4,
-}  # (the same as RECIPE itself now)
+}
 # params.yaml's threads when the rows up to b16-aug25 ran: torch's default (two compute
 # threads here), data loaded in the training process. The default is now one thread and
 # one loader process (below); these rows keep what they measured.
@@ -212,17 +212,9 @@ RUNS: dict[str, dict] = {
         **SEED2,
     },
     # ... which stopped the second seed at epoch 31 of 40, its learning rate not yet
-    # annealed: turned off here (the best epoch is kept anyway). The first seed never stopped
-    # early. Not the recipe yet: `make real` with two processes crashed on a fresh clone
-    # (README, "Training on real handwriting").
-    "recipe-ddp2-e40-p0-seed2": {
-        **ONE_PROCESS_RECIPE,
-        **PRETRAINED,
-        **TWO_PROCESSES,
-        "train.max_epochs": 40,
-        "train.early_stopping_patience": 0,
-        **SEED2,
-    },
+    # annealed: the recipe turns it off (the best epoch is kept anyway). The first seed never
+    # stopped early, so recipe-ddp2-e40 is the recipe's first seed.
+    "recipe-ddp2-e40-p0-seed2": {**RECIPE, **PRETRAINED, **SEED2},
     # README's iam-gpu recipe (the reference preset at 128 px, from random weights) on these
     # lines, on a lent GPU machine; the cap only keeps the run inside one device call. (Its
     # first try, row iam-gpu-early-stopping4, stopped in CTC's blank plateau: the recipe
