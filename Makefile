@@ -75,7 +75,7 @@ ci-baseline: setup
 # params.yaml's one compute thread and one data-loading process; on a machine with more
 # cores, e.g. REAL_EXTRA='-S train.cpu_processes=8' (more lines per step: measure). With a
 # GPU the GPU trains it (cpu_processes is then ignored).
-REAL_RECIPE := -S data.source=hub -S data.max_bad_fraction=0.05 -S data.height=64 -S model.preset=cpu64 -S model.input_norm=contrast -S train.batch_size=4 -S train.cpu_processes=2 -S train.max_epochs=40 -S train.early_stopping_patience=0 -S train.max_time_minutes=30.0 -S evaluate.beam_width=50
+REAL_RECIPE := -S data.source=hub -S data.max_bad_fraction=0.05 -S data.height=64 -S model.preset=cpu64 -S model.input_norm=contrast -S train.batch_size=4 -S train.cpu_processes=2 -S train.max_epochs=40 -S train.max_time_minutes=30.0 -S evaluate.beam_width=50
 REAL_EXTRA ?=
 NAME ?= real-$(notdir $(abspath $(DATA)))
 

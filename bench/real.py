@@ -38,7 +38,7 @@ PRETRAINED = {"train.init_from": str(ROOT / "models" / "pretrained.ckpt")}
 # weight 0.5, bonus 1.5); the recipe rows before set the Witten-Bell 5-gram's weight 0.5,
 # bonus 2.0 (each row in results/real.json records the overrides it ran with).
 RECIPE = makefile_overrides("REAL_RECIPE")
-# The recipe in one training process with early stopping (params.yaml's patience of 4), as
+# The recipe in one training process with early stopping (params.yaml's patience of 4 then), as
 # every row up to recipe-e26-seed2 ran it (with 22 epochs until recipe-e26; results/real.json
 # records each row's overrides as it ran)
 ONE_PROCESS_RECIPE = {

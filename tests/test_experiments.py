@@ -118,6 +118,7 @@ def test_iam_gpu_recipe_sets_valid_params(monkeypatch):
     # the default's one thread and one loader are a 2-vCPU setting: a GPU needs more loaders
     assert params.train.num_workers >= 4 and params.train.cpu_threads == 0
     # from random weights CTC first sits in a blank plateau for epochs: no early stopping
+    # (params.yaml's default; this keeps it so for the recipe)
     assert params.train.early_stopping_patience == 0
 
 
