@@ -154,8 +154,8 @@ def training_speed(preset: str, device: str, steps: int) -> dict:
     """Training lines/s of the network's bare step, and of the same step with what the train
     stage adds on top, one at a time: ``deterministic`` as the stage sets it on a GPU
     (cuDNN's deterministic kernels, ``use_deterministic_algorithms(warn_only)``), and batch
-    widths that change every step (0.5x to 1.5x, padded as ``pad_lines`` pads them), each
-    width met for the first time and met again."""
+    widths that change every step (0.5x to 1.5x, padded as ``pad_lines`` pads them), on
+    widths not met before (the draws repeat some) and then all met before."""
     params = load_params(ROOT / "params.yaml")
     arch = params.model.presets[preset]
     batch, width, chars = (16, 1000, 40) if preset == "reference" else (16, 200, 28)
