@@ -215,6 +215,10 @@ RUNS: dict[str, dict] = {
     # annealed: the recipe turns it off (the best epoch is kept anyway). The first seed never
     # stopped early, so recipe-ddp2-e40 is the recipe's first seed.
     "recipe-ddp2-e40-p0-seed2": {**RECIPE, **PRETRAINED, **SEED2},
+    # two processes step on 8 lines where one process stepped on 4, at the same peak rate:
+    # twice the rate, as the linear scaling rule would have it
+    "recipe-lr4e-3": {**RECIPE, **PRETRAINED, "train.learning_rate": 4.0e-3},
+    "recipe-lr4e-3-seed2": {**RECIPE, **PRETRAINED, "train.learning_rate": 4.0e-3, **SEED2},
     # README's iam-gpu recipe (the reference preset at 128 px, from random weights) on these
     # lines, on a lent GPU machine; the cap only keeps the run inside one device call. (Its
     # first try, row iam-gpu-early-stopping4, stopped in CTC's blank plateau: the recipe
