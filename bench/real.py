@@ -219,6 +219,10 @@ RUNS: dict[str, dict] = {
     # twice the rate, as the linear scaling rule would have it
     "recipe-lr4e-3": {**RECIPE, **PRETRAINED, "train.learning_rate": 4.0e-3},
     "recipe-lr4e-3-seed2": {**RECIPE, **PRETRAINED, "train.learning_rate": 4.0e-3, **SEED2},
+    # the recipe from the default run trained in two processes, 12 epochs of 16 lines a step
+    # (params.yaml since; a teacher reading the unseen fonts far better): `make repro`, then
+    # as "recipe"
+    "recipe-teacher-ddp2-e12": {**RECIPE, **PRETRAINED},
     # README's iam-gpu recipe (the reference preset at 128 px, from random weights) on these
     # lines, on a lent GPU machine; the cap only keeps the run inside one device call. (Its
     # first try, row iam-gpu-early-stopping4, stopped in CTC's blank plateau: the recipe

@@ -45,7 +45,8 @@ def tiny_params_dict() -> dict:
     params["model"]["presets"]["cpu"].update(
         stem_channels=8, widths=[8, 16, 16, 16], lstm_layers=1, lstm_hidden=32
     )
-    params["train"].update(batch_size=4, max_epochs=1, early_stopping_patience=0)
+    # one training process (params.yaml trains the default run in two): the DDP test sets two
+    params["train"].update(batch_size=4, max_epochs=1, early_stopping_patience=0, cpu_processes=1)
     return params
 
 

@@ -401,7 +401,8 @@ def test_training_on_the_widest_legal_lines_stays_under_a_memory_ceiling(tmp_pat
     )
     mapping = project_params_dict()
     mapping["data"].update(source="hub", hub_id=str(hub), max_bad_fraction=0.1)
-    mapping["train"].update(max_epochs=1, early_stopping_patience=0)
+    # one process, under the ceiling, and the 16 widest lines one batch at the budget
+    mapping["train"].update(max_epochs=1, early_stopping_patience=0, batch_size=16, cpu_processes=1)
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(mapping))
     metrics = pull(parse_params(mapping), tmp_path / "lines", tmp_path / "data.json")

@@ -359,6 +359,25 @@ def test_ddp_with_two_cpu_processes(tmp_path):
     assert load_model(tmp_path / "models" / "model.ckpt").charset.num_classes > 1
 
 
+@pytest.mark.slow
+def test_two_cpu_processes_train_the_same_model_twice(tmp_path):
+    # The default run trains in two processes and `make repro` promises its model bit for
+    # bit: gloo's sum of two ranks' gradients, each rank's batches and augmentation draws
+    # must all repeat. (No time cap: a cap paces the schedule by the clock.)
+    models = []
+    for name in ("first", "second"):
+        root = tmp_path / name
+        command = _prepare_stage_run(
+            root, train_lines=16, cpu_processes=2, accelerator="cpu", max_epochs=2
+        )
+        result = subprocess.run(
+            command, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        models.append((root / "models" / "model.ckpt").read_bytes())
+    assert models[0] == models[1]
+
+
 def test_cpu_processes_mean_ddp_on_cpu_and_give_way_to_a_gpu(tiny_params, monkeypatch):
     def with_train(**changes):
         return dataclasses.replace(
