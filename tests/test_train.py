@@ -367,6 +367,7 @@ def test_two_cpu_processes_train_the_same_model_twice(tmp_path):
     models = []
     for name in ("first", "second"):
         root = tmp_path / name
+        root.mkdir()
         command = _prepare_stage_run(
             root, train_lines=16, cpu_processes=2, accelerator="cpu", max_epochs=2
         )
