@@ -9,12 +9,14 @@ starts from a checkpoint's weights, its charset extended by the data's new chara
 
 from __future__ import annotations
 
+import faulthandler
 import hashlib
 import json
 import logging
 import resource
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -32,6 +34,7 @@ from lightning.pytorch.callbacks import (
     LearningRateMonitor,
     ModelCheckpoint,
 )
+from lightning.pytorch.strategies import DDPStrategy
 
 from pipeline.charset import Charset
 from pipeline.codebase import project_imports
@@ -139,6 +142,63 @@ class InterruptNotice(Callback):
                 f"`dvc repro` resumes {where}",
                 file=sys.stderr,
             )
+
+
+class StallWatchdog(Callback):
+    """A run that stops making progress says where it is stuck: when no training or
+    validation batch has started or ended for ``seconds``, this rank prints every thread's
+    Python stack to stderr (once per stall). With several processes a stalled rank leaves
+    the others waiting in a collective until the process group's timeout (``DDP_TIMEOUT``)
+    fails the run; these stacks tell which rank waited for what."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._last_progress = time.monotonic()
+        self._reported = False
+        self._rank = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _progress(self, *_args) -> None:
+        self._last_progress = time.monotonic()
+        self._reported = False
+
+    def _watch(self) -> None:
+        while not self._stop.wait(min(self.seconds, 10.0)):
+            stalled = time.monotonic() - self._last_progress
+            if stalled >= self.seconds and not self._reported:
+                self._reported = True
+                print(
+                    f"[train] rank {self._rank}: no batch started or ended for {stalled:.0f} s; "
+                    "its threads' stacks follow",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        self._rank = trainer.global_rank
+        self._progress()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._watch, name="stall-watchdog", daemon=True)
+        self._thread.start()
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    on_train_batch_start = on_train_batch_end = _progress
+    on_validation_batch_start = on_validation_batch_end = _progress
+
+
+# Silence between two batches that means a stalled run (a CPU step of the reference preset
+# at 128 x 1000 px takes ~10 s; a checkpoint a few).
+STALL_SECONDS = 300.0
+# How long a DDP rank waits in a collective before the run fails: torch's default is 30
+# min, which a hung CI job spent doing nothing (stall stacks come at STALL_SECONDS).
+DDP_TIMEOUT = timedelta(minutes=10)
 
 
 FINISHED_MARKER = "finished.json"
@@ -287,7 +347,11 @@ def devices_for(params: Params) -> dict:
     """Lightning's accelerator, devices and strategy: the params' own, except on CPU with
     ``cpu_processes`` > 1, where that many DDP processes share the cores."""
     if params.train.cpu_processes > 1 and not trains_on_cuda(params):
-        return {"accelerator": "cpu", "devices": params.train.cpu_processes, "strategy": "ddp"}
+        return {
+            "accelerator": "cpu",
+            "devices": params.train.cpu_processes,
+            "strategy": DDPStrategy(process_group_backend="gloo", timeout=DDP_TIMEOUT),
+        }
     return {
         "accelerator": params.train.accelerator,
         "devices": params.train.devices,
@@ -336,6 +400,7 @@ def train(params: Params, lines: LinesFolder, outputs: TrainOutputs) -> dict | N
         LearningRateMonitor("step"),
         speed,
         InterruptNotice(checkpoint_dir, outputs.model),
+        StallWatchdog(STALL_SECONDS),
     ]
     if params.train.ema_decay:
         callbacks.append(EMAWeightAveraging(decay=params.train.ema_decay))

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pytest
 import torch
 import yaml
+from lightning.pytorch.strategies import DDPStrategy
 from PIL import Image
 
 from pipeline.charset import Charset
@@ -27,7 +28,14 @@ from pipeline.lit_module import load_model
 from pipeline.params import parse_params
 from pipeline.pull import pull
 from pipeline.recognizer import Recognizer
-from pipeline.training import TrainOutputs, determinism_for, devices_for, train
+from pipeline.training import (
+    DDP_TIMEOUT,
+    StallWatchdog,
+    TrainOutputs,
+    determinism_for,
+    devices_for,
+    train,
+)
 from tests.conftest import ROOT, TAKES_CTRL_C, project_params_dict, tiny_params_dict
 
 
@@ -385,14 +393,41 @@ def test_cpu_processes_mean_ddp_on_cpu_and_give_way_to_a_gpu(tiny_params, monkey
             tiny_params, train=dataclasses.replace(tiny_params.train, **changes)
         )
 
+    def cpu_ddp(devices: dict) -> bool:
+        strategy = devices["strategy"]
+        return (
+            devices["accelerator"] == "cpu"
+            and devices["devices"] == 2
+            and isinstance(strategy, DDPStrategy)
+            and strategy.process_group_backend == "gloo"
+            and strategy._timeout == DDP_TIMEOUT  # not torch's 30 min of a hung run
+        )
+
     own = {"accelerator": "auto", "devices": "auto", "strategy": "auto"}
-    ddp = {"accelerator": "cpu", "devices": 2, "strategy": "ddp"}
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert devices_for(with_train(cpu_processes=1, **own)) == own
-    assert devices_for(with_train(cpu_processes=2, **own)) == ddp
+    assert cpu_ddp(devices_for(with_train(cpu_processes=2, **own)))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert devices_for(with_train(cpu_processes=2, **own)) == own  # the GPU decides
-    assert devices_for(with_train(cpu_processes=2, **{**own, "accelerator": "cpu"})) == ddp
+    assert cpu_ddp(devices_for(with_train(cpu_processes=2, **{**own, "accelerator": "cpu"})))
+
+
+def test_stall_watchdog_prints_the_stuck_rank_and_its_stacks_once(capfd):
+    trainer = type("Trainer", (), {"global_rank": 1})()
+    watchdog = StallWatchdog(seconds=0.3)
+    watchdog.setup(trainer, None, "fit")
+    try:
+        for _ in range(6):  # batches every 0.1 s: progress, no report
+            time.sleep(0.1)
+            watchdog.on_train_batch_end(trainer, None, None, None, 0)
+        assert "no batch" not in capfd.readouterr().err
+        time.sleep(1.0)  # a stall of more than three times the limit: one report
+    finally:
+        watchdog.teardown(trainer, None, "fit")
+    err = capfd.readouterr().err
+    assert err.count("[train] rank 1: no batch started or ended for") == 1
+    assert "test_stall_watchdog_prints_the_stuck_rank" in err  # the main thread's stack
+    assert watchdog._thread is None
 
 
 def test_tiny_table_helper_roundtrip(tmp_path):
