@@ -10,8 +10,11 @@ Lines start with ``BOS`` context and end with ``EOS``, so the model knows how li
 and end. Small and exact: counts in a JSON file, probabilities computed on demand and
 memoized.
 
-``FlashlightCharLM`` plugs it into torchaudio's flashlight ``ctc_decoder`` (whose wheel
-here has no KenLM): the decoder asks for the score of each token a hypothesis grows by.
+``FlashlightCharLM`` plugs it into torchaudio's flashlight ``ctc_decoder``: the decoder asks
+for the score of each token a hypothesis grows by. (The flashlight-text wheel's KenLM would
+score an ARPA file in C++, but it is built for orders up to 6, refuses positive log-probs,
+and the lexicon-free search adds no per-token score: the per-character bonus below could
+not travel with it.)
 """
 
 from __future__ import annotations
