@@ -326,7 +326,7 @@ def table(results: list[dict]) -> str:
         )
 
     for r in results:
-        wer = r.get("test_beam_lm_wer", r["test_beam_wer"])
+        wer = r.get("test_beam_lm_wer", r.get("test_beam_wer", float("nan")))
         rows.append(
             f"| {r['name']} | {cers(r, 'validation')} | {cers(r, 'test')} | {wer:.3f} | "
             f"{r['train_minutes']} | {r['epochs']} |"
