@@ -62,6 +62,7 @@ class StageRunner:
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
         self.params_file = folder / "params.yaml"
+        self.model = folder / "model.ckpt"  # what train() writes
         self.params_file.write_text(yaml.safe_dump(params, sort_keys=False))
         self.env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
 
@@ -78,9 +79,9 @@ class StageRunner:
 
     def train(self, lines: Path) -> Path:
         f = self.folder
-        self("train", lines=lines, model=f / "model.ckpt", checkpoints=f / "checkpoints",
+        self("train", lines=lines, model=self.model, checkpoints=f / "checkpoints",
              live=f / "dvclive", metrics=f / "train.json", speed=f / "train_speed.json")  # fmt: skip
-        return f / "model.ckpt"
+        return self.model
 
     def lm(self, lines: Path) -> Path:
         self(

@@ -260,8 +260,8 @@ RUNS: dict[str, dict] = {
 H64_TEACHER = {**H64, **NORM}  # the teacher at the recipe's height, preset and normalization
 TEACHERS: dict[str, dict] = {
     "default": {},
-    # 8 epochs in two processes: 1.52x the cpu preset's step at 32 px, so about the time of
-    # the default's 12 (780 s here)
+    # 8 epochs in two processes: its step costs 1.52x the cpu preset's at 32 px, so about
+    # the time of the one-try default of 12 epochs in two processes (780 s on one host)
     "h64-e8": {**H64_TEACHER, "train.max_epochs": 8},
 }
 
@@ -269,13 +269,11 @@ TEACHERS: dict[str, dict] = {
 def train_teacher(name: str, work: Path) -> Path:
     """The teacher's model file (trained once per work folder, then reused)."""
     run = StageRunner(work / "teachers" / name, params_with(TEACHERS[name]))
-    model = run.folder / "model.ckpt"
-    if not model.exists():
+    if not run.model.exists():
         lines = run.folder / "lines"
         run.pull(lines)
-        run.train(lines)
-        run.evaluate(lines, model, run.lm(lines))
-    return model
+        run.evaluate(lines, run.train(lines), run.lm(lines))
+    return run.model
 
 
 def run_one(
@@ -293,12 +291,12 @@ def run_one(
     evaluation = json.loads((run.folder / "evaluate.json").read_text())
     speed = json.loads((run.folder / "train_speed.json").read_text())
     trained = json.loads((run.folder / "train.json").read_text())
-    teacher = Path(params["train"]["init_from"]) if params["train"]["init_from"] else None
+    pretrained = Path(params["train"]["init_from"]) if params["train"]["init_from"] else None
     return {
         "name": name,
         "overrides": overrides,
         # which `make repro` model it was fine-tuned from (the teacher changes with the commit)
-        "pretrained_md5": hashlib.md5(teacher.read_bytes()).hexdigest() if teacher else None,
+        "pretrained_md5": hashlib.md5(pretrained.read_bytes()).hexdigest() if pretrained else None,
         "train_minutes": round(speed["fit_seconds"] / 60, 1),
         "epochs": trained["epochs"],
         "parameters": trained["parameters"],
