@@ -246,6 +246,17 @@ RUNS: dict[str, dict] = {
         "model.presets.cpu64.height": 96,
         "model.presets.cpu64.width_strides": [3, 1, 1, 1],
     },
+    # the 4e-3 rate with the LM at weight 0.7 / bonus 2.0, which bench/lm_grid.py chose on
+    # recipe-lr4e-3's two seeds' validation lines; once more, from another host's teacher.
+    # (recipe-lr4e-3-lm0.7-bnfrozen in results/real.json: the same with BatchNorm frozen at
+    # the teacher's statistics, a worktree change not kept)
+    "recipe-lr4e-3-lm0.7": {
+        **RECIPE,
+        **PRETRAINED,
+        "train.learning_rate": 4.0e-3,
+        "evaluate.lm_weight": 0.7,
+        "evaluate.lm_char_bonus": 2.0,
+    },
     # README's iam-gpu recipe (the reference preset at 128 px, from random weights) on these
     # lines, on a lent GPU machine; the cap only keeps the run inside one device call. (Its
     # first try, row iam-gpu-early-stopping4, stopped in CTC's blank plateau: the recipe
