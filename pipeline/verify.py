@@ -35,8 +35,8 @@ EXACT_FILES = ("data.json",)
 TOLERANT_FILES = ("train.json", "evaluate.json")
 # Measured spread between hosts of this kind for the default run: 2.2-2.5 % relative on
 # CER (test beam 0.1646 vs 0.1682, validation 0.0276 vs 0.0283), up to ~5 % on emulated
-# hosts, 7.5 % on an AMD EPYC host (README). 10 % is 1.3x the largest seen; a halved
-# schedule moves them 30-80 %.
+# hosts, 6.5 % on a CER and 7.5 % on a WER on an AMD EPYC host (README). 10 % is 1.3x the
+# largest seen; a halved schedule moves them 30-80 %.
 RELATIVE_TOLERANCE = 0.10
 # Rates near zero move by a few characters in absolute terms: one character of the
 # validation split is ~0.0001 of CER, so this floor is a handful of characters.
