@@ -230,3 +230,18 @@ def test_makefile_recipes_set_valid_params(variable, monkeypatch):
     params = parse_params(params_with(overrides), f"Makefile {variable}")
     if variable == "REAL_RECIPE":
         assert params.data.source == "hub"  # the folder and the checkpoint come from `make real`
+
+
+def test_char_recall_counts_a_character_read_only_where_the_alignment_matches_it(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    from char_recall import aligned_pairs, recall
+
+    assert aligned_pairs("abc", "abc") == [(0, 0), (1, 1), (2, 2)]
+    assert aligned_pairs("abc", "ac") == [(0, 0), (2, 1)]  # b deleted
+    rows = [
+        {"truth": "été", "beam": "ete"},  # both é read as e
+        {"truth": "ça été", "beam": "ça étéé"},  # an é inserted: the three read, no more
+        {"truth": "né", "beam": "é"},  # n deleted, é read
+    ]
+    total, read = recall(rows, "beam", {"é", "ç"})
+    assert total == {"é": 5, "ç": 1} and read == {"é": 3, "ç": 1}
