@@ -245,3 +245,34 @@ def test_char_recall_counts_a_character_read_only_where_the_alignment_matches_it
     ]
     total, read = recall(rows, "beam", {"é", "ç"})
     assert total == {"é": 5, "ç": 1} and read == {"é": 3, "ç": 1}
+
+
+def test_adabn_statistics_are_the_average_over_lines_each_a_batch_alone(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import torch
+    from adabn import estimate_statistics, with_statistics
+
+    class Normed(torch.nn.Module):  # the recognizer's network signature: (images, widths)
+        def __init__(self) -> None:
+            super().__init__()
+            self.norm = torch.nn.BatchNorm2d(1)
+
+        def forward(self, images, widths):
+            return self.norm(images), widths
+
+    network = Normed().eval()
+    network.norm.running_mean.fill_(5.0)
+    network.norm.running_var.fill_(4.0)
+    # two lines of different widths (6 and 4 pixels): means 1 and 3, unbiased variances 0
+    # and 4 (values 1, 5, 3, 3 about 3: squares 4 + 4 over 4 - 1 pixels = 8 / 3)
+    lines = [torch.ones(1, 2, 3), torch.tensor([[[1.0, 5.0], [3.0, 3.0]]])]
+    var_second = 8 / 3
+    [(mean, var)] = estimate_statistics(network, lines)
+    assert torch.allclose(mean, torch.tensor([2.0]))  # (1 + 3) / 2, not weighted by pixels
+    assert torch.allclose(var, torch.tensor([var_second / 2]))  # (0 + v) / 2: within lines
+    assert float(network.norm.running_mean) == 5.0  # the network itself is left as it was
+    assert not network.norm.training
+    half = with_statistics(network, [(mean, var)], mix=0.5)
+    assert torch.allclose(half.norm.running_mean, torch.tensor([3.5]))  # (5 + 2) / 2
+    assert torch.allclose(half.norm.running_var, torch.tensor([(4.0 + var_second / 2) / 2]))
+    assert float(network.norm.running_mean) == 5.0 and not half.norm.training
