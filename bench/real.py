@@ -260,7 +260,9 @@ RUNS: dict[str, dict] = {
     # (recipe-look-alike in results/real.json: the recipe with the output rows of the
     # characters the teacher lacks (é è à ç ’ œ ...) started as the row of the one each is
     # written like (é from e, its bias 3 lower), a worktree change not kept; recipe-deslanted:
-    # the recipe on bench/deslanted_copy.py's copy of the lines)
+    # the recipe on bench/deslanted_copy.py's copy of the lines;
+    # recipe-erase: strips of the line's paper over a tenth of its width, a worktree change
+    # not kept)
     # README's iam-gpu recipe (the reference preset at 128 px, from random weights) on these
     # lines, on a lent GPU machine; the cap only keeps the run inside one device call. (Its
     # first try, row iam-gpu-early-stopping4, stopped in CTC's blank plateau: the recipe
