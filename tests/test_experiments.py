@@ -276,3 +276,39 @@ def test_adabn_statistics_are_the_average_over_lines_each_a_batch_alone(monkeypa
     assert torch.allclose(half.norm.running_mean, torch.tensor([3.5]))  # (5 + 2) / 2
     assert torch.allclose(half.norm.running_var, torch.tensor([(4.0 + var_second / 2) / 2]))
     assert float(network.norm.running_mean) == 5.0 and not half.norm.training
+
+
+def test_ensemble_means_are_log_softmaxes_and_agree_where_the_models_agree(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import math
+
+    import torch
+    from ensemble import mean_of_log_probabilities, mean_of_probabilities
+
+    one = torch.log(torch.tensor([[[0.6, 0.4]]]))  # (T, B, K) = (1, 1, 2)
+    two = torch.log(torch.tensor([[[0.2, 0.8]]]))
+    assert torch.allclose(mean_of_probabilities([one, two]).exp(), torch.tensor([0.4, 0.6]))
+    geometric = torch.tensor([math.sqrt(0.12), math.sqrt(0.32)])
+    assert torch.allclose(mean_of_log_probabilities([one, two]).exp(), geometric / geometric.sum())
+    for mean in (mean_of_probabilities, mean_of_log_probabilities):
+        assert torch.allclose(mean([one, one]), one)  # one model twice: that model
+
+
+def test_ensemble_pick_keeps_the_text_likeliest_under_both_models(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import torch
+    from ensemble import pick_by_joint_likelihood
+
+    from pipeline.charset import Charset
+
+    charset = Charset(("a", "b"))  # classes: blank, a, b
+
+    def frames_of(blank: float, a: float, b: float) -> torch.Tensor:  # (T=3, B=1, K=3)
+        return torch.log(torch.tensor([blank, a, b])).expand(3, 1, 3)
+
+    weakly_b = frames_of(0.1, 0.4, 0.5)  # its own best text is "b", barely
+    strongly_a = frames_of(0.05, 0.9, 0.05)
+    frames = torch.tensor([3])
+    chosen = pick_by_joint_likelihood([weakly_b, strongly_a], frames, [["b"], ["a"]], charset)
+    assert chosen == ["a"]  # the second model's text wins on the two models together
+    assert pick_by_joint_likelihood([weakly_b], frames, [["b"], ["a"]], charset) == ["b"]
