@@ -9,19 +9,21 @@ bench/tta.py for variants whose peaks move).
 
 Rows per split: each model alone, then the mean of probabilities (``mean p``), the mean
 of log-probabilities renormalized (``mean log p``), and each decoder's texts of every
-model, the one kept whose CTC likelihood summed over the models is highest (no frames need
-line up).
+model, the one kept whose CTC likelihood averaged over the models is highest (no frames
+need line up; for beam_lm, plus the LM's weighted score and bonus, as the decoder adds them).
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torchmetrics.functional.text import char_error_rate
 
+from pipeline.charlm import EOS, CharNgram
 from pipeline.data import LineDataset
 from pipeline.layout import PROJECT_PARAMS, LinesFolder
 from pipeline.recognizer import Recognizer, text_log_likelihoods
@@ -38,10 +40,15 @@ def mean_of_log_probabilities(log_probs: list[torch.Tensor]) -> torch.Tensor:
 
 
 def pick_by_joint_likelihood(
-    log_probs: list[torch.Tensor], frames: torch.Tensor, candidates: list[list[str]], charset
+    log_probs: list[torch.Tensor],
+    frames: torch.Tensor,
+    candidates: list[list[str]],
+    charset,
+    text_score: Callable[[str], float] | None = None,
 ) -> list[str]:
-    """Per line, of the models' texts ``candidates[m][b]``, the one with the highest sum over
-    models of log P(text | line) (CTC, summed over alignments: no frame need line up)."""
+    """Per line, of the models' texts ``candidates[m][b]``, the one with the highest mean over
+    models of log P(text | line) (CTC, summed over alignments: no frame need line up), plus
+    ``text_score(text)`` when given (the LM's weighted log-prob and bonus)."""
     chosen = []
     for b in range(len(candidates[0])):
         texts = sorted({found[b] for found in candidates})
@@ -52,8 +59,26 @@ def pick_by_joint_likelihood(
                 text_log_likelihoods(one, frames[b : b + 1].expand(len(texts)), texts, charset)
             ):
                 scores[i] += value
+        scores = [
+            score / len(log_probs) + (text_score(text) if text_score else 0.0)
+            for score, text in zip(scores, texts, strict=True)
+        ]
         chosen.append(texts[max(range(len(texts)), key=scores.__getitem__)])
     return chosen
+
+
+def lm_text_score(lm: CharNgram, weight: float, char_bonus: float) -> Callable[[str], float]:
+    """What the beam_lm decoder adds to a text's acoustic score: ``weight`` x log P(text)
+    under the character LM (its end included) + ``char_bonus`` per character."""
+
+    def score(text: str) -> float:
+        context, total = lm.start_context(), 0.0
+        for char in text:
+            total += lm.log_prob(context, char)
+            context = lm.truncate(context + char)
+        return weight * (total + lm.log_prob(context, EOS)) + char_bonus * len(text)
+
+    return score
 
 
 def images_of(dataset: LineDataset):
@@ -74,6 +99,11 @@ def main() -> None:
         Recognizer.load(m, device="cpu", params=args.params, lm=args.lm) for m in args.models
     ]
     first = recognizers[0]
+    evaluate = first.params.evaluate
+    text_scores = {}  # the beam_lm decoder's texts are picked with its LM's score added
+    if args.lm:
+        lm = CharNgram.load(args.lm)
+        text_scores["beam_lm"] = lm_text_score(lm, evaluate.lm_weight, evaluate.lm_char_bonus)
     for other, path in zip(recognizers[1:], args.models[1:], strict=True):
         if other.charset != first.charset or other.height != first.height:
             raise SystemExit(f"{path}: another charset or height than {args.models[0]}")
@@ -101,12 +131,14 @@ def main() -> None:
                 cers.append(f"{float(char_error_rate(texts, truths)):.4f}")
             print(f"| {split} | {name} | {' | '.join(cers)} |", flush=True)
         cers = []
-        for decoder in first.decoders.values():
+        for name, decoder in first.decoders.items():
             texts = []
             for b, (_, frames) in enumerate(batches):
                 log_probs = [emitted[b][1] for emitted in per_model]
                 candidates = [[h.text for h in decoder(lp, frames)] for lp in log_probs]
-                texts += pick_by_joint_likelihood(log_probs, frames, candidates, first.charset)
+                texts += pick_by_joint_likelihood(
+                    log_probs, frames, candidates, first.charset, text_scores.get(name)
+                )
             cers.append(f"{float(char_error_rate(texts, truths)):.4f}")
         print(f"| {split} | each model's text, the likeliest under all | {' | '.join(cers)} |")
 

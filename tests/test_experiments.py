@@ -312,3 +312,18 @@ def test_ensemble_pick_keeps_the_text_likeliest_under_both_models(monkeypatch):
     chosen = pick_by_joint_likelihood([weakly_b, strongly_a], frames, [["b"], ["a"]], charset)
     assert chosen == ["a"]  # the second model's text wins on the two models together
     assert pick_by_joint_likelihood([weakly_b], frames, [["b"], ["a"]], charset) == ["b"]
+
+
+def test_ensemble_lm_score_is_the_decoders_weighted_log_prob_and_bonus(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import math
+
+    from ensemble import lm_text_score
+
+    from pipeline.charlm import CharNgram
+
+    lm = CharNgram.fit(["abab", "abba", "ba"], order=3)
+    # bits_per_char counts the end too: "ab" is 3 predictions
+    log_p = -lm.bits_per_char(["ab"]) * math.log(2) * 3
+    assert math.isclose(lm_text_score(lm, 1.0, 0.0)("ab"), log_p)
+    assert math.isclose(lm_text_score(lm, 0.5, 2.0)("ab"), 0.5 * log_p + 2.0 * 2)
