@@ -327,3 +327,13 @@ def test_ensemble_lm_score_is_the_decoders_weighted_log_prob_and_bonus(monkeypat
     log_p = -lm.bits_per_char(["ab"]) * math.log(2) * 3
     assert math.isclose(lm_text_score(lm, 1.0, 0.0)("ab"), log_p)
     assert math.isclose(lm_text_score(lm, 0.5, 2.0)("ab"), 0.5 * log_p + 2.0 * 2)
+
+
+def test_subset_copy_keeps_the_same_share_of_each_writers_lines_in_order(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    from subset_copy import kept_rows
+
+    writers = ["a", "b", "a", "a", None, "b", "a", None, None]
+    # a: rows 0 2 3 6 -> 0 2; b: 1 5 -> 1; no writer: 4 7 8 -> 4 7 (ceil of 1.5)
+    assert kept_rows(writers, 0.5) == [0, 1, 2, 4, 7]
+    assert kept_rows(writers, 1.0) == list(range(9))
