@@ -1,8 +1,9 @@
 """Posterior averaging of models of the same shape and charset, measured: each model reads
 the lines, their per-frame probabilities are averaged, and the mean is decoded by each of
-the params' decoders (the first model's). Models fine-tuned from the same teacher put
-their CTC peaks on the same frames, which is what the frame-by-frame mean needs (see
-bench/tta.py for variants whose peaks move).
+the params' decoders (the first model's). The frame-by-frame mean needs the models' CTC
+peaks on the same frames; two models fine-tuned from one teacher did not put them there
+(README, "Two half-budget models read together"; bench/tta.py for variants whose peaks
+move). The likelier-text pick below needs no frames to line up.
 
     python bench/ensemble.py LINES RUN1/model.ckpt RUN2/model.ckpt --splits validation test \\
         --params RUN1/params.yaml --lm RUN1/lm.json
