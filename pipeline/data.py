@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import multiprocessing
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,19 @@ from pipeline.params import AugmentParams, padded_width
 log = logging.getLogger(__name__)
 
 BUCKET_BATCHES = 32  # batches per width-sorted pool: less padding, still well shuffled
+
+# Loader workers are forked from a clean server process, never from the training process:
+# forking a process whose other threads (the stall watchdog, a loader's queue feeder, gloo's)
+# touch the interpreter's thread list can deadlock the child inside os.fork() on CPython
+# 3.8-3.11 (python/cpython#112275; it hung a DDP test in CI here). The server imports this
+# module once, so a worker starts in milliseconds, not seconds of importing torch again.
+LOADER_START_METHOD = "forkserver"
+
+
+def loader_context() -> multiprocessing.context.BaseContext:
+    context = multiprocessing.get_context(LOADER_START_METHOD)
+    context.set_forkserver_preload(["__main__", __name__])  # read when the server starts
+    return context
 
 
 @dataclass
@@ -318,6 +332,7 @@ class LineDataModule(L.LightningDataModule):
             collate_fn=collate,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            multiprocessing_context=loader_context() if self.num_workers > 0 else None,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -202,3 +202,27 @@ def test_every_ddp_rank_drops_the_infeasible_lines_and_only_rank_0_warns(
         modules[rank] = (module.datasets["train"].ids, "needs more CTC frames" in caplog.text)
     assert modules[0][0] == modules[1][0] and len(modules[0][0]) < tiny_params.synthetic.train_lines
     assert modules[0][1] and not modules[1][1]
+
+
+def test_loader_workers_start_from_the_forkserver_and_read_what_the_process_reads(
+    tmp_path, tiny_params
+):
+    """Workers are never forked from the (threaded) training process: CPython 3.11 can
+    deadlock a child inside os.fork() then (python/cpython#112275). What they read is
+    unchanged: validation batches (no augmentation) equal those read in-process."""
+    pull(tiny_params, tmp_path / "lines", tmp_path / "m.json")
+    charset = Charset.load(tmp_path / "lines" / "charset.json")
+    batches = {}
+    for workers in (0, 1):
+        module = _datamodule(tmp_path / "lines", charset, 32, lambda w: w, tiny_params)
+        module.num_workers, module.batch_size = workers, 1  # several batches through the queue
+        module.setup("fit")
+        loader = module.val_dataloader()
+        if workers:
+            assert loader.multiprocessing_context.get_start_method() == "forkserver"
+        batches[workers] = list(loader)
+    assert len(batches[0]) == len(batches[1]) > 1
+    for alone, worker in zip(batches[0], batches[1], strict=True):
+        assert worker.ids == alone.ids
+        assert torch.equal(worker.images, alone.images)
+        assert torch.equal(worker.targets, alone.targets)

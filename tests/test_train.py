@@ -250,6 +250,27 @@ def _env() -> dict:
     return env
 
 
+def _run_stage(command: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run a stage in a process group of its own, so that a timeout kills all of it (a DDP
+    run's other rank and every loader worker too, not rank 0 alone), then raises."""
+    process = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
 def _prepare_stage_run(root: Path, train_lines: int, **train_overrides) -> list[str]:
     """Pull ``train_lines`` tiny synthetic lines into ``root``, write matching params, and
     return the `python -m stages.train` command that trains on them."""
@@ -288,9 +309,7 @@ def test_killed_training_resumes_without_redoing_epochs(tmp_path):
     process.wait()
     assert not (tmp_path / "models" / "model.ckpt").exists()
 
-    result = subprocess.run(
-        command, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600
-    )
+    result = _run_stage(command)
     assert result.returncode == 0, result.stderr
     assert "resuming the interrupted run" in result.stderr
     metrics = json.loads((tmp_path / "metrics" / "train.json").read_text())
@@ -353,9 +372,7 @@ def test_ddp_with_two_cpu_processes(tmp_path):
         max_epochs=2,
         max_time_minutes=5.0,
     )
-    result = subprocess.run(
-        command, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600
-    )
+    result = _run_stage(command)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "distributed_backend=gloo" in result.stderr + result.stdout
     assert "All distributed processes registered" in result.stderr + result.stdout
@@ -379,9 +396,7 @@ def test_two_cpu_processes_train_the_same_model_twice(tmp_path):
         command = _prepare_stage_run(
             root, train_lines=16, cpu_processes=2, accelerator="cpu", max_epochs=2
         )
-        result = subprocess.run(
-            command, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600
-        )
+        result = _run_stage(command)
         assert result.returncode == 0, result.stderr[-3000:]
         models.append((root / "models" / "model.ckpt").read_bytes())
     assert models[0] == models[1]
