@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torchmetrics.functional.text import char_error_rate
 
-from pipeline.charlm import EOS, CharNgram
+from pipeline.charlm import CharNgram
 from pipeline.data import LineDataset
 from pipeline.layout import PROJECT_PARAMS, LinesFolder
 from pipeline.recognizer import Recognizer, text_log_likelihoods
@@ -73,11 +73,7 @@ def lm_text_score(lm: CharNgram, weight: float, char_bonus: float) -> Callable[[
     under the character LM (its end included) + ``char_bonus`` per character."""
 
     def score(text: str) -> float:
-        context, total = lm.start_context(), 0.0
-        for char in text:
-            total += lm.log_prob(context, char)
-            context = lm.truncate(context + char)
-        return weight * (total + lm.log_prob(context, EOS)) + char_bonus * len(text)
+        return weight * lm.text_log_prob(text) + char_bonus * len(text)
 
     return score
 

@@ -105,16 +105,19 @@ class CharNgram:
     def start_context(self) -> str:
         return BOS * (self.order - 1)
 
+    def text_log_prob(self, text: str) -> float:
+        """log P(``text``, then its end): each character given the ones before it."""
+        context, total = self.start_context(), 0.0
+        for char in text + EOS:
+            total += self.log_prob(context, char)
+            context = self.truncate(context + char)
+        return total
+
     def bits_per_char(self, texts: Sequence[str]) -> float:
         """Cross-entropy on ``texts`` (EOS included), in bits per character."""
-        total, chars = 0.0, 0
-        for text in texts:
-            context = self.start_context()
-            for char in text + EOS:
-                total -= self.log_prob(context, char)
-                context = self.truncate(context + char)
-                chars += 1
-        return total / max(chars, 1) / math.log(2)
+        total = sum(self.text_log_prob(text) for text in texts)
+        chars = sum(len(text) + 1 for text in texts)
+        return -total / max(chars, 1) / math.log(2)
 
     def save(self, path: Path) -> None:
         payload = {"format": FORMAT, "order": self.order, "counts": self.counts}

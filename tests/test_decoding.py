@@ -119,6 +119,12 @@ def test_kneser_ney_probabilities_by_hand():
     assert math.exp(model.log_prob(BOS, "z")) == pytest.approx(0.2 * 2 / 3 * 0.5 * 3 / 16)
     # a context never seen backs off to the shorter one entirely
     assert math.exp(model.log_prob("z", "a")) == pytest.approx(unigram_a)
+    # a text: BOS -> a, a -> b, b -> EOS; a -> b and b -> EOS were always so, less discount
+    a_then_b = (2 - 0.2) / 2 + 0.2 * 1 / 2 * ((2 - 0.5) / 4 + 0.5 * 3 / 16)
+    b_then_end = (3 - 0.2) / 3 + 0.2 * 1 / 3 * ((1 - 0.5) / 4 + 0.5 * 3 / 16)
+    by_hand = math.log(math.exp(model.log_prob(BOS, "a")) * a_then_b * b_then_end)
+    assert model.text_log_prob("ab") == pytest.approx(by_hand)
+    assert model.bits_per_char(["ab"]) == pytest.approx(-by_hand / 3 / math.log(2))
 
 
 @pytest.mark.parametrize("context", ["", "le t", "zzzz", "\x02\x02\x02\x02", "ma f"])
