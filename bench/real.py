@@ -266,6 +266,8 @@ RUNS: dict[str, dict] = {
     # the recipe's 40 epochs doubled: on bench/subset_copy.py's half of the training lines
     # (--fraction 0.5), the same steps and minutes as the recipe on all of them
     "recipe-e80": {**RECIPE, **PRETRAINED, "train.max_epochs": 80},
+    # ... and quadrupled, on a quarter of them (--fraction 0.25): a third point of the curve
+    "recipe-e160": {**RECIPE, **PRETRAINED, "train.max_epochs": 160},
     # README's iam-gpu recipe (the reference preset at 128 px, from random weights) on these
     # lines, on a lent GPU machine; the cap only keeps the run inside one device call. (Its
     # first try, row iam-gpu-early-stopping4, stopped in CTC's blank plateau: the recipe
