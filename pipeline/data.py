@@ -9,10 +9,15 @@ reports.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import math
 import multiprocessing
+import os
+import select
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +50,34 @@ def loader_context() -> multiprocessing.context.BaseContext:
     context = multiprocessing.get_context(LOADER_START_METHOD)
     context.set_forkserver_preload(["__main__", __name__])  # read when the server starts
     return context
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def exit_with(training_pid: int, worker_id: int) -> None:
+    """A loader worker's init: end this worker when the training process ends. A forkserver
+    worker is the server's child, so torch's own check (the worker's parent changed) never
+    fires when the training process is killed: the workers and the server ran on."""
+
+    def watch() -> None:
+        try:
+            ended = os.pidfd_open(training_pid)  # readable once the process has exited (Linux)
+        except (AttributeError, OSError):  # no pidfd here, or it is gone already: ask
+            while _alive(training_pid):
+                time.sleep(1.0)
+        else:
+            select.select([ended], [], [])
+        os._exit(0)
+
+    threading.Thread(target=watch, name=f"exit-with-{training_pid}", daemon=True).start()
 
 
 @dataclass
@@ -333,6 +366,7 @@ class LineDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             multiprocessing_context=loader_context() if self.num_workers > 0 else None,
+            worker_init_fn=functools.partial(exit_with, os.getpid()),
         )
 
     def train_dataloader(self) -> DataLoader:

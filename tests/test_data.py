@@ -1,9 +1,16 @@
 import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from pipeline.charset import Charset
 from pipeline.data import (
@@ -17,6 +24,7 @@ from pipeline.data import (
 from pipeline.layout import LinesFolder
 from pipeline.params import padded_width
 from pipeline.pull import pull
+from tests.conftest import ROOT, tiny_params_dict
 
 
 def test_ctc_min_frames_counts_blanks_between_repeats():
@@ -226,3 +234,61 @@ def test_loader_workers_start_from_the_forkserver_and_read_what_the_process_read
         assert worker.ids == alone.ids
         assert torch.equal(worker.images, alone.images)
         assert torch.equal(worker.targets, alone.targets)
+
+
+LOADER_SCRIPT = """
+import sys, time
+from multiprocessing import forkserver
+import yaml
+from pipeline.charset import Charset
+from pipeline.data import LineDataModule
+from pipeline.layout import LinesFolder
+from pipeline.params import parse_params
+
+if __name__ == "__main__":
+    lines, params_file = sys.argv[1:]
+    augment = parse_params(yaml.safe_load(open(params_file))).augment
+    module = LineDataModule(
+        LinesFolder(lines), Charset.load(lines + "/charset.json"), 32, lambda w: w, 1,
+        augment, 0, 10**7, num_workers=2,
+    )
+    module.setup("fit")
+    batches = iter(module.train_dataloader())
+    next(batches)
+    print(*[w.pid for w in batches._workers], forkserver._forkserver._forkserver_pid, flush=True)
+    time.sleep(600)
+"""
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
+def test_loader_workers_and_their_server_end_when_the_training_process_is_killed(
+    tmp_path, tiny_params
+):
+    pull(tiny_params, tmp_path / "lines", tmp_path / "m.json")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params_dict()))
+    (tmp_path / "loader.py").write_text(LOADER_SCRIPT)
+    process = subprocess.Popen(
+        [sys.executable, tmp_path / "loader.py", tmp_path / "lines", tmp_path / "params.yaml"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        pids = [int(pid) for pid in process.stdout.readline().split()]
+        assert len(pids) == 3 and all(_running(pid) for pid in pids)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    deadline = time.monotonic() + 30
+    while any(_running(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in pids if _running(pid)]  # two workers, then the server

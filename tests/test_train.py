@@ -250,18 +250,15 @@ def _env() -> dict:
     return env
 
 
+def _start_stage(command: list[str], **popen_options) -> subprocess.Popen:
+    """The stage's process, run from the project with this interpreter first on PATH."""
+    return subprocess.Popen(command, cwd=ROOT, env=_env(), stderr=subprocess.PIPE, **popen_options)
+
+
 def _run_stage(command: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
     """Run a stage in a process group of its own, so that a timeout kills all of it (a DDP
     run's other rank and every loader worker too, not rank 0 alone), then raises."""
-    process = subprocess.Popen(
-        command,
-        cwd=ROOT,
-        env=_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    process = _start_stage(command, stdout=subprocess.PIPE, text=True, start_new_session=True)
     try:
         stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -287,14 +284,7 @@ def _train_until_first_checkpoint(root: Path) -> tuple[subprocess.Popen, list[st
     """Start a 6-epoch tiny training and return once its first checkpoint exists."""
     command = _prepare_stage_run(root, train_lines=120, max_epochs=6)
     last = root / "models" / "checkpoints" / "last.ckpt"
-    process = subprocess.Popen(
-        command,
-        cwd=ROOT,
-        env=_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        **TAKES_CTRL_C,
-    )
+    process = _start_stage(command, stdout=subprocess.DEVNULL, **TAKES_CTRL_C)
     deadline = time.monotonic() + 300
     while not last.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
