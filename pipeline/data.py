@@ -26,6 +26,7 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
+from lightning.fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader, Dataset
 
 from pipeline.augment import Transform, build_augmentation
@@ -62,22 +63,25 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def exit_with(training_pid: int, worker_id: int) -> None:
-    """A loader worker's init: end this worker when the training process ends. A forkserver
-    worker is the server's child, so torch's own check (the worker's parent changed) never
-    fires when the training process is killed: the workers and the server ran on."""
+def _exit_when_ended(pid: int) -> None:
+    try:
+        ended = os.pidfd_open(pid)  # readable once the process has exited (Linux)
+    except (AttributeError, OSError):  # no pidfd here, or it is gone already: ask
+        while _alive(pid):
+            time.sleep(1.0)
+    else:
+        select.select([ended], [], [])
+    os._exit(0)
 
-    def watch() -> None:
-        try:
-            ended = os.pidfd_open(training_pid)  # readable once the process has exited (Linux)
-        except (AttributeError, OSError):  # no pidfd here, or it is gone already: ask
-            while _alive(training_pid):
-                time.sleep(1.0)
-        else:
-            select.select([ended], [], [])
-        os._exit(0)
 
-    threading.Thread(target=watch, name=f"exit-with-{training_pid}", daemon=True).start()
+def init_worker(training_pid: int, rank: int, seed_workers: bool, worker_id: int) -> None:
+    """A loader worker's init. It seeds the worker as Lightning does (``seed_everything(...,
+    workers=True)`` adds its init only to loaders that have none), and ends the worker when
+    the training process ends: a forkserver worker is the server's child, so torch's own
+    check (the worker's parent changed) never fires when the training process is killed."""
+    if seed_workers:
+        pl_worker_init_function(worker_id, rank)
+    threading.Thread(target=_exit_when_ended, args=(training_pid,), daemon=True).start()
 
 
 @dataclass
@@ -366,7 +370,9 @@ class LineDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             multiprocessing_context=loader_context() if self.num_workers > 0 else None,
-            worker_init_fn=functools.partial(exit_with, os.getpid()),
+            worker_init_fn=functools.partial(
+                init_worker, os.getpid(), rank, bool(int(os.environ.get("PL_SEED_WORKERS", 0)))
+            ),
         )
 
     def train_dataloader(self) -> DataLoader:

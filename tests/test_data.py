@@ -1,3 +1,4 @@
+import functools
 import logging
 import os
 import signal
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from lightning.fabric.utilities.seed import pl_worker_init_function
 
 from pipeline.charset import Charset
 from pipeline.data import (
@@ -234,6 +236,28 @@ def test_loader_workers_start_from_the_forkserver_and_read_what_the_process_read
         assert worker.ids == alone.ids
         assert torch.equal(worker.images, alone.images)
         assert torch.equal(worker.targets, alone.targets)
+
+
+def test_loader_workers_are_seeded_as_lightning_seeds_them(tmp_path, tiny_params, monkeypatch):
+    """seed_everything(workers=True) gives a loader Lightning's worker seeding only if it has
+    no worker_init_fn; ours has one, so it must seed the same: the same augmented lines."""
+    pull(tiny_params, tmp_path / "lines", tmp_path / "m.json")
+    charset = Charset.load(tmp_path / "lines" / "charset.json")
+    monkeypatch.setenv("PL_SEED_WORKERS", "1")  # what seed_everything(workers=True) sets
+    module = _datamodule(tmp_path / "lines", charset, 32, lambda w: w, tiny_params)
+    module.num_workers = 1
+    module.setup("fit")
+    images = {}
+    for init in ("ours", "lightning", "none"):
+        loader = module.train_dataloader()
+        if init == "lightning":
+            loader.worker_init_fn = functools.partial(pl_worker_init_function, rank=0)
+        elif init == "none":
+            loader.worker_init_fn = None
+        torch.manual_seed(0)  # the workers' base seed is drawn from it
+        images[init] = next(iter(loader)).images
+    assert torch.equal(images["ours"], images["lightning"])
+    assert not torch.equal(images["ours"], images["none"])  # else augmentation was not seen
 
 
 LOADER_SCRIPT = """
