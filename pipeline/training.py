@@ -390,12 +390,21 @@ def train(params: Params, lines: LinesFolder, outputs: TrainOutputs) -> dict | N
         filename="best",
         monitor="val/cer",
         mode="min",
-        save_last=True,
         auto_insert_metric_name=False,
+    )
+    # Lightning 2.6's save_last writes last.ckpt only where a best one is written: a resume
+    # would go back to the last improvement. This one is rewritten after every validation.
+    latest = ModelCheckpoint(
+        dirpath=checkpoint_dir,
+        filename="last",
+        monitor=None,
+        save_top_k=1,
+        enable_version_counter=False,
     )
     speed = SpeedMeter()
     callbacks: list[Callback] = [
         best,
+        latest,
         RunFingerprint(fingerprint),
         LearningRateMonitor("step"),
         speed,

@@ -30,6 +30,7 @@ from pipeline.pull import pull
 from pipeline.recognizer import Recognizer
 from pipeline.training import (
     DDP_TIMEOUT,
+    FINISHED_MARKER,
     StallWatchdog,
     TrainOutputs,
     determinism_for,
@@ -569,7 +570,30 @@ def test_a_run_the_time_cap_stops_ends_on_an_annealed_learning_rate(tmp_path):
     assert logged[: top + 1] == sorted(logged[: top + 1])
     assert logged[top:] == sorted(logged[top:], reverse=True)
     assert logged[top] > 0.5 * peak  # out of the warm-up (a step-count schedule: ~0.3)
-    assert logged[-1] < 0.1 * peak
+    # the rate after the last step, not the last logged one: up to 10 steps (a fifth of this
+    # run) may follow that, and on a slow CI host it read 0.106 of the peak
+    last = torch.load(tmp_path / "models/checkpoints/last.ckpt", weights_only=True)
+    assert last["global_step"] == metrics["steps"]
+    assert last["optimizer_states"][0]["param_groups"][0]["lr"] < 0.01 * peak
+
+
+def test_the_resume_checkpoint_is_the_last_validated_epoch_not_the_best(tmp_path):
+    # six epochs of the tiny model: val/cer reads 0.99, 0.98, then 1.0 (blanks only) to the
+    # end, so the best is epoch 1, where Lightning 2.6's save_last also left last.ckpt: a
+    # resume then redid every later epoch
+    params = _params(max_epochs=6)
+    pull(params, tmp_path / "lines", tmp_path / "data.json")
+    metrics = train(params, LinesFolder(tmp_path / "lines"), _outputs(tmp_path))
+    checkpoints = tmp_path / "models" / "checkpoints"
+    best = torch.load(checkpoints / "best.ckpt", weights_only=True)
+    last = torch.load(checkpoints / "last.ckpt", weights_only=True)
+    assert metrics["epochs"] == 6 and best["global_step"] < metrics["steps"]
+    assert (last["epoch"], last["global_step"]) == (5, metrics["steps"])
+    assert sorted(path.name for path in checkpoints.iterdir()) == [
+        "best.ckpt",
+        FINISHED_MARKER,
+        "last.ckpt",
+    ]
 
 
 def test_with_ema_the_averaged_weights_are_validated_and_exported(tmp_path):
