@@ -13,7 +13,6 @@ import functools
 import itertools
 import logging
 import math
-import multiprocessing
 import os
 import select
 import threading
@@ -33,24 +32,12 @@ from pipeline.augment import Transform, build_augmentation
 from pipeline.charset import Charset
 from pipeline.layout import LinesFolder
 from pipeline.lines import decode_png, read_split
+from pipeline.loader_server import loader_context
 from pipeline.params import AugmentParams, padded_width
 
 log = logging.getLogger(__name__)
 
 BUCKET_BATCHES = 32  # batches per width-sorted pool: less padding, still well shuffled
-
-# Loader workers are forked from a clean server process, never from the training process:
-# forking a process whose other threads (the stall watchdog, a loader's queue feeder, gloo's)
-# touch the interpreter's thread list can deadlock the child inside os.fork() on CPython
-# 3.8-3.11 (python/cpython#112275; it hung a DDP test in CI here). The server imports this
-# module once, so a worker starts in milliseconds, not seconds of importing torch again.
-LOADER_START_METHOD = "forkserver"
-
-
-def loader_context() -> multiprocessing.context.BaseContext:
-    context = multiprocessing.get_context(LOADER_START_METHOD)
-    context.set_forkserver_preload(["__main__", __name__])  # read when the server starts
-    return context
 
 
 def _alive(pid: int) -> bool:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from pipeline.command import run_command
 from pipeline.layout import LinesFolder
-from pipeline.params import load_params
-from pipeline.training import TrainOutputs, train
+from pipeline.loader_server import start_loader_server
+from pipeline.params import Params, load_params
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -23,8 +23,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--metrics", type=Path, required=True)
     parser.add_argument("--speed", type=Path, required=True)
     args = parser.parse_args(argv)
+    run_command("train", lambda: _train(load_params(args.params), args))
+
+
+def _train(params: Params, args: argparse.Namespace) -> None:
+    if params.train.num_workers:
+        # before importing the training code: the server's own imports of torch and
+        # Lightning then run beside ours, not after them (13 s on 2 cores)
+        start_loader_server()
+    from pipeline.training import TrainOutputs, train
+
     outputs = TrainOutputs(args.model, args.checkpoints, args.live, args.metrics, args.speed)
-    run_command("train", lambda: train(load_params(args.params), LinesFolder(args.lines), outputs))
+    train(params, LinesFolder(args.lines), outputs)
 
 
 if __name__ == "__main__":
