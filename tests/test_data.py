@@ -260,28 +260,46 @@ def test_loader_workers_are_seeded_as_lightning_seeds_them(tmp_path, tiny_params
     assert not torch.equal(images["ours"], images["none"])  # else augmentation was not seen
 
 
-LOADER_SCRIPT = """
-import sys, time
-from multiprocessing import forkserver
-import yaml
-from pipeline.charset import Charset
-from pipeline.data import LineDataModule
-from pipeline.layout import LinesFolder
-from pipeline.params import parse_params
+# a script's datamodule on the tiny lines: `datamodule(num_workers)` (argv: lines, params)
+DATAMODULE_SCRIPT = """
+import sys
 
-if __name__ == "__main__":
+
+def datamodule(num_workers):
+    import yaml
+    from pipeline.charset import Charset
+    from pipeline.data import LineDataModule
+    from pipeline.layout import LinesFolder
+    from pipeline.params import parse_params
+
     lines, params_file = sys.argv[1:]
     augment = parse_params(yaml.safe_load(open(params_file))).augment
     module = LineDataModule(
         LinesFolder(lines), Charset.load(lines + "/charset.json"), 32, lambda w: w, 1,
-        augment, 0, 10**7, num_workers=2,
+        augment, 0, 10**7, num_workers=num_workers,
     )
     module.setup("fit")
-    batches = iter(module.train_dataloader())
+    return module
+"""
+
+LOADER_SCRIPT = """
+import time
+from multiprocessing import forkserver
+
+if __name__ == "__main__":
+    batches = iter(datamodule(num_workers=2).train_dataloader())
     next(batches)
     print(*[w.pid for w in batches._workers], forkserver._forkserver._forkserver_pid, flush=True)
     time.sleep(600)
 """
+
+
+def _script_command(tmp_path: Path, tiny_params, script: str) -> list:
+    """Pull the tiny lines and write ``script`` (after DATAMODULE_SCRIPT): its command."""
+    pull(tiny_params, tmp_path / "lines", tmp_path / "m.json")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params_dict()))
+    (tmp_path / "script.py").write_text(DATAMODULE_SCRIPT + script)
+    return [sys.executable, tmp_path / "script.py", tmp_path / "lines", tmp_path / "params.yaml"]
 
 
 def _running(pid: int) -> bool:
@@ -296,11 +314,8 @@ def _running(pid: int) -> bool:
 def test_loader_workers_and_their_server_end_when_the_training_process_is_killed(
     tmp_path, tiny_params
 ):
-    pull(tiny_params, tmp_path / "lines", tmp_path / "m.json")
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params_dict()))
-    (tmp_path / "loader.py").write_text(LOADER_SCRIPT)
     process = subprocess.Popen(
-        [sys.executable, tmp_path / "loader.py", tmp_path / "lines", tmp_path / "params.yaml"],
+        _script_command(tmp_path, tiny_params, LOADER_SCRIPT),
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         stdout=subprocess.PIPE,
@@ -319,7 +334,6 @@ def test_loader_workers_and_their_server_end_when_the_training_process_is_killed
 
 
 EARLY_SERVER_SCRIPT = """
-import sys
 from multiprocessing import forkserver
 
 import stages.train  # all `python -m stages.train` imports before it reads the params
@@ -329,21 +343,7 @@ if __name__ == "__main__":
     heavy = sorted({"torch", "lightning"} & set(sys.modules))
     start_loader_server()
     server = forkserver._forkserver._forkserver_pid
-
-    import yaml
-    from pipeline.charset import Charset
-    from pipeline.data import LineDataModule
-    from pipeline.layout import LinesFolder
-    from pipeline.params import parse_params
-
-    lines, params_file = sys.argv[1:]
-    augment = parse_params(yaml.safe_load(open(params_file))).augment
-    module = LineDataModule(
-        LinesFolder(lines), Charset.load(lines + "/charset.json"), 32, lambda w: w, 1,
-        augment, 0, 10**7, num_workers=1,
-    )
-    module.setup("fit")
-    batches = list(module.val_dataloader())
+    batches = list(datamodule(num_workers=1).val_dataloader())
     print(heavy, forkserver._forkserver._forkserver_pid == server, len(batches), flush=True)
 """
 
@@ -352,11 +352,8 @@ def test_the_train_stage_can_start_the_loader_server_before_importing_torch(tmp_
     """The stage starts the workers' server before its own heavy imports, so the two import
     torch and Lightning side by side (a tiny stage run: 38-41 s before, 22-23 s after), and
     the loaders then use that server."""
-    pull(tiny_params, tmp_path / "lines", tmp_path / "m.json")
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params_dict()))
-    (tmp_path / "early.py").write_text(EARLY_SERVER_SCRIPT)
     result = subprocess.run(
-        [sys.executable, tmp_path / "early.py", tmp_path / "lines", tmp_path / "params.yaml"],
+        _script_command(tmp_path, tiny_params, EARLY_SERVER_SCRIPT),
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         capture_output=True,
