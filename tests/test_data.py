@@ -350,7 +350,7 @@ if __name__ == "__main__":
 
 def test_the_train_stage_can_start_the_loader_server_before_importing_torch(tmp_path, tiny_params):
     """The stage starts the workers' server before its own heavy imports, so the two import
-    torch and Lightning side by side (a tiny stage run: 38-41 s before, 22-23 s after), and
+    torch and Lightning side by side (a tiny stage run: 38-41 s before, 20-23 s after), and
     the loaders then use that server."""
     result = subprocess.run(
         _script_command(tmp_path, tiny_params, EARLY_SERVER_SCRIPT),
