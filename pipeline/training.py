@@ -131,7 +131,7 @@ class InterruptNotice(Callback):
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if isinstance(exception, KeyboardInterrupt) and trainer.is_global_zero:
-            last = self.checkpoint_dir / "last.ckpt"
+            last = self.checkpoint_dir / LAST_CHECKPOINT
             where = (
                 f"from {last} (epoch {trainer.current_epoch})"
                 if last.exists()
@@ -202,12 +202,13 @@ DDP_TIMEOUT = timedelta(minutes=10)
 
 
 FINISHED_MARKER = "finished.json"
+LAST_CHECKPOINT = "last.ckpt"  # rewritten after every validation; a resume starts from it
 
 
 def resume_checkpoint(checkpoint_dir: Path, fingerprint: str) -> Path | None:
     """``last.ckpt`` of an interrupted run with these params and data, else None (and the
     folder is cleared: a finished run, or one of other params, is not continued)."""
-    last = checkpoint_dir / "last.ckpt"
+    last = checkpoint_dir / LAST_CHECKPOINT
     if (checkpoint_dir / FINISHED_MARKER).exists():
         log.info("the previous run finished: training starts afresh")
         shutil.rmtree(checkpoint_dir)
@@ -396,7 +397,7 @@ def train(params: Params, lines: LinesFolder, outputs: TrainOutputs) -> dict | N
     # would go back to the last improvement. This one is rewritten after every validation.
     latest = ModelCheckpoint(
         dirpath=checkpoint_dir,
-        filename="last",
+        filename=Path(LAST_CHECKPOINT).stem,
         monitor=None,
         save_top_k=1,
         enable_version_counter=False,
@@ -444,7 +445,9 @@ def train(params: Params, lines: LinesFolder, outputs: TrainOutputs) -> dict | N
     if not trainer.is_global_zero:
         return None
 
-    best_path = Path(best.best_model_path) if best.best_model_path else checkpoint_dir / "last.ckpt"
+    best_path = (
+        Path(best.best_model_path) if best.best_model_path else checkpoint_dir / LAST_CHECKPOINT
+    )
     _, state = read_checkpoint(best_path)
     module.model.load_state_dict(state)
     save_model(module.cpu(), outputs.model)
