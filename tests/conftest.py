@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import copy
 import io
 import os
+import shutil
 import signal
 import tempfile
 from pathlib import Path
@@ -19,6 +21,9 @@ import yaml
 from PIL import Image
 
 from pipeline.params import Params, parse_params
+
+# Removed when the session ends: each run left its folder (up to 41 MB) in /tmp.
+atexit.register(shutil.rmtree, os.environ["HF_HOME"], ignore_errors=True)
 
 ROOT = Path(__file__).resolve().parents[1]
 
