@@ -68,16 +68,6 @@ def pick_by_joint_likelihood(
     return chosen
 
 
-def lm_text_score(lm: CharNgram, weight: float, char_bonus: float) -> Callable[[str], float]:
-    """What the beam_lm decoder adds to a text's acoustic score: ``weight`` x log P(text)
-    under the character LM (its end included) + ``char_bonus`` per character."""
-
-    def score(text: str) -> float:
-        return weight * lm.text_log_prob(text) + char_bonus * len(text)
-
-    return score
-
-
 def images_of(dataset: LineDataset):
     return lambda index: dataset[index]["image"]  # (1, H, W)
 
@@ -100,7 +90,8 @@ def main() -> None:
     text_scores = {}  # the beam_lm decoder's texts are picked with its LM's score added
     if args.lm:
         lm = CharNgram.load(args.lm)
-        text_scores["beam_lm"] = lm_text_score(lm, evaluate.lm_weight, evaluate.lm_char_bonus)
+        bonuses = (evaluate.lm_weight, evaluate.lm_char_bonus, evaluate.lm_word_bonus)
+        text_scores["beam_lm"] = lambda text: lm.beam_score(text, *bonuses)
     for other, path in zip(recognizers[1:], args.models[1:], strict=True):
         if other.charset != first.charset or other.height != first.height:
             raise SystemExit(f"{path}: another charset or height than {args.models[0]}")

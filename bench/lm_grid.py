@@ -1,9 +1,11 @@
 """Tune beam_lm on a validation split: the network runs once, then every (lm_weight,
-lm_char_bonus) pair decodes the same log-probs. Choose on validation, never on test.
+lm_char_bonus, lm_word_bonus) triple decodes the same log-probs. Choose on validation,
+never on test.
 
-    python bench/lm_grid.py models/model.ckpt models/lm.json data/lines --split validation
+    python bench/lm_grid.py models/model.ckpt models/lm.json data/lines --split validation \
+        --weights 0.5 --bonuses 1.5 --word-bonuses 0 1 2
 
-Prints CER/WER per pair (beam without LM first) and lines/s of each decoder.
+Prints CER/WER per triple (greedy and beam without LM first) and lines/s of each decoder.
 """
 
 from __future__ import annotations
@@ -63,27 +65,34 @@ def main() -> None:
     parser.add_argument("--weights", type=float, nargs="+", default=[0.25, 0.5, 0.75, 1.0])
     parser.add_argument("--bonuses", type=float, nargs="+", default=[0.0, 0.5, 1.0, 1.5])
     parser.add_argument(
+        "--word-bonuses", type=float, nargs="+", help="default: evaluate.lm_word_bonus of --params"
+    )
+    parser.add_argument(
         "--beam-widths", type=int, nargs="+", help="default: evaluate.beam_width of --params"
     )
     args = parser.parse_args()
     params = load_params(args.params).evaluate
     charset, batches = log_probs_of(args.model, args.lines, args.split)
     lm = CharNgram.load(args.lm)
-    print(f"| decoder | beam | lm_weight | lm_char_bonus | {args.split} CER | WER | lines/s |")
-    print("|---|---|---|---|---|---|---|")
+    word_bonuses = args.word_bonuses or [params.lm_word_bonus]
+    print(
+        f"| decoder | beam | lm_weight | lm_char_bonus | lm_word_bonus | {args.split} CER | WER"
+        " | lines/s |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     cer, wer, speed = score(GreedyDecoder(charset), batches)
-    print(f"| greedy | | | | {cer:.4f} | {wer:.4f} | {speed:.0f} |")
+    print(f"| greedy | | | | | {cer:.4f} | {wer:.4f} | {speed:.0f} |")
     for width in args.beam_widths or [params.beam_width]:
         beam = (width, params.beam_size_token, params.beam_threshold)
         cer, wer, speed = score(BeamDecoder(charset, *beam), batches)
-        print(f"| beam | {width} | | | {cer:.4f} | {wer:.4f} | {speed:.0f} |", flush=True)
-        for weight, bonus in itertools.product(args.weights, args.bonuses):
-            decoder = BeamDecoder(charset, *beam, lm=lm, lm_weight=weight, lm_char_bonus=bonus)
-            cer, wer, speed = score(decoder, batches)
-            row = (
-                f"| beam_lm | {width} | {weight} | {bonus} | {cer:.4f} | {wer:.4f} | {speed:.0f} |"
+        print(f"| beam | {width} | | | | {cer:.4f} | {wer:.4f} | {speed:.0f} |", flush=True)
+        for weight, bonus, word in itertools.product(args.weights, args.bonuses, word_bonuses):
+            decoder = BeamDecoder(
+                charset, *beam, lm=lm, lm_weight=weight, lm_char_bonus=bonus, lm_word_bonus=word
             )
-            print(row, flush=True)
+            cer, wer, speed = score(decoder, batches)
+            row = f"| beam_lm | {width} | {weight} | {bonus} | {word} | {cer:.4f} | {wer:.4f}"
+            print(f"{row} | {speed:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,10 @@ Lines start with ``BOS`` context and end with ``EOS``, so the model knows how li
 and end. Small and exact: counts in a JSON file, probabilities computed on demand and
 memoized.
 
+It also keeps the training texts' words (runs of letters, lower-cased: ``words_of``), so
+the beam can add a bonus for each word it completes that training text holds; a 7-gram
+alone often spells a word nearly right (README, "Evaluation and error analysis").
+
 ``FlashlightCharLM`` plugs it into torchaudio's flashlight ``ctc_decoder``: the decoder asks
 for the score of each token a hypothesis grows by. (The flashlight-text wheel's KenLM would
 score an ARPA file in C++, but it is built for orders up to 6, refuses positive log-probs,
@@ -19,6 +23,7 @@ not travel with it.)
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -42,12 +47,34 @@ class LanguageModelError(PipelineError):
     pass
 
 
+def is_word_char(char: str) -> bool:
+    return char.isalpha()
+
+
+def word_key(word: str) -> str:
+    """How a word is looked up: case does not count (a capital starts many lines)."""
+    return word.lower()
+
+
+def words_of(text: str) -> list[str]:
+    """The words of ``text`` as the word bonus sees them: runs of letters, looked-up form
+    (``"L’homme, 1915"`` -> ``["l", "homme"]``)."""
+    return [
+        word_key("".join(run))
+        for is_word, run in itertools.groupby(text, key=is_word_char)
+        if is_word
+    ]
+
+
 class CharNgram:
-    def __init__(self, order: int, counts: dict[str, dict[str, int]]) -> None:
+    def __init__(
+        self, order: int, counts: dict[str, dict[str, int]], words: Iterable[str] = ()
+    ) -> None:
         if order < 1:
             raise LanguageModelError(f"order must be >= 1, got {order}")
         self.order = order
         self.counts = counts  # context (0..order-1 chars) -> next char -> count
+        self.words = frozenset(words)  # the training texts' words (``words_of``)
         self.vocabulary = sorted({c for following in counts.values() for c in following})
         # The full-length contexts keep their counts; a shorter one, only ever asked about
         # what the longer contexts left open, counts the contexts a character followed it in.
@@ -75,12 +102,14 @@ class CharNgram:
     @classmethod
     def fit(cls, texts: Iterable[str], order: int) -> CharNgram:
         counts: dict[str, Counter[str]] = defaultdict(Counter)
+        words: set[str] = set()
         for text in texts:
             padded = BOS * (order - 1) + text + EOS
             for i in range(order - 1, len(padded)):
                 for n in range(order):  # contexts of 0 .. order-1 characters
                     counts[padded[i - n : i]][padded[i]] += 1
-        return cls(order, {h: dict(f) for h, f in counts.items()})
+            words.update(words_of(text))
+        return cls(order, {h: dict(f) for h, f in counts.items()}, words)
 
     def _probability(self, context: str, char: str) -> float:
         if context:
@@ -113,6 +142,20 @@ class CharNgram:
             context = self.truncate(context + char)
         return total
 
+    def known_words(self, text: str) -> int:
+        """How many of ``text``'s words training text holds (what the word bonus counts)."""
+        return sum(word in self.words for word in words_of(text))
+
+    def beam_score(self, text: str, weight: float, char_bonus: float, word_bonus: float) -> float:
+        """What the ``beam_lm`` decoder adds to ``text``'s acoustic score, as one formula
+        (``flashlight_lm`` adds it token by token): ``weight`` x log P(text, then its end),
+        ``char_bonus`` per character, ``word_bonus`` per word that training text holds."""
+        return (
+            weight * self.text_log_prob(text)
+            + char_bonus * len(text)
+            + word_bonus * self.known_words(text)
+        )
+
     def bits_per_char(self, texts: Sequence[str]) -> float:
         """Cross-entropy on ``texts`` (EOS included), in bits per character."""
         total = sum(self.text_log_prob(text) for text in texts)
@@ -120,7 +163,12 @@ class CharNgram:
         return -total / max(chars, 1) / math.log(2)
 
     def save(self, path: Path) -> None:
-        payload = {"format": FORMAT, "order": self.order, "counts": self.counts}
+        payload = {
+            "format": FORMAT,
+            "order": self.order,
+            "counts": self.counts,
+            "words": sorted(self.words),
+        }
         Path(path).write_text(json.dumps(payload, ensure_ascii=False, sort_keys=True) + "\n")
 
     @classmethod
@@ -133,20 +181,37 @@ class CharNgram:
             raise LanguageModelError(f"{path}: not a language model file ({error})") from None
         if not isinstance(payload, dict) or payload.get("format") != FORMAT:
             raise LanguageModelError(f"{path}: not a {FORMAT} file")
-        return cls(int(payload["order"]), payload["counts"])
+        if "words" not in payload:
+            raise LanguageModelError(
+                f"{path}: written before the LM kept its training words; rebuild it"
+                " (`dvc repro lm`, or `python -m stages.lm`)"
+            )
+        return cls(int(payload["order"]), payload["counts"], payload["words"])
 
 
-def flashlight_lm(model: CharNgram, tokens: Sequence[str], char_bonus: float, lm_weight: float):
+def flashlight_lm(
+    model: CharNgram,
+    tokens: Sequence[str],
+    char_bonus: float,
+    lm_weight: float,
+    word_bonus: float = 0.0,
+):
     """A torchaudio ``CTCDecoderLM`` scoring ``tokens`` (the decoder's token list) with
     ``model``. Tokens that are not characters (blank, silence) score as the line's end.
 
     The decoder adds ``lm_weight`` x this score to a hypothesis per token; ``char_bonus`` is
-    added per character (divided by ``lm_weight`` here, so it is a plain log-prob bonus)
-    to balance the LM's preference for short texts.
+    added per character to balance the LM's preference for short texts, and ``word_bonus``
+    when a word training text holds ends (at the next non-letter or the line's end). Both
+    are divided by ``lm_weight`` here, so they are plain log-prob bonuses: a whole text
+    gains ``model.beam_score`` (a test holds the two to each other).
     """
     from torchaudio.models.decoder import CTCDecoderLM, CTCDecoderLMState
 
     bonus = char_bonus / lm_weight if lm_weight else 0.0
+    known_word_bonus = word_bonus / lm_weight if lm_weight else 0.0
+
+    def word_end(word: str) -> float:
+        return known_word_bonus if word and word_key(word) in model.words else 0.0
 
     class FlashlightCharLM(CTCDecoderLM):
         def __init__(self) -> None:
@@ -156,21 +221,27 @@ def flashlight_lm(model: CharNgram, tokens: Sequence[str], char_bonus: float, lm
         def start(self, start_with_nothing: bool) -> CTCDecoderLMState:
             self.contexts.clear()  # one line at a time: forget the last line's states
             state = CTCDecoderLMState()
-            self.contexts[state] = model.start_context()
+            self.contexts[state] = (model.start_context(), "")  # (LM context, open word)
             return state
 
         def score(self, state: CTCDecoderLMState, token_index: int):
             char = tokens[token_index]
-            context = self.contexts[state]
+            context, word = self.contexts[state]
             child = state.child(token_index)
+            in_word = len(char) == 1 and is_word_char(char)
             if child not in self.contexts:
-                self.contexts[child] = model.truncate(context + char)
+                self.contexts[child] = (
+                    model.truncate(context + char),
+                    word + char if in_word else "",
+                )
             if len(char) != 1:
-                return child, model.log_prob(context, EOS)
-            return child, model.log_prob(context, char) + bonus
+                return child, model.log_prob(context, EOS) + word_end(word)
+            score = model.log_prob(context, char) + bonus
+            return child, score if in_word else score + word_end(word)
 
         def finish(self, state: CTCDecoderLMState):
-            return state, model.log_prob(self.contexts[state], EOS)
+            context, word = self.contexts[state]
+            return state, model.log_prob(context, EOS) + word_end(word)
 
     return FlashlightCharLM()
 
@@ -187,6 +258,7 @@ def build_lm(order: int, lines: LinesFolder, model_path: Path, metrics_path: Pat
         "order": order,
         "train_chars": sum(len(t) for t in texts),
         "contexts": len(model.counts),
+        "train_words": len(model.words),  # distinct, as the word bonus looks them up
         "validation_bits_per_char": round(model.bits_per_char(validation), 4),
     }
     atomic_write_text(metrics_path, json.dumps(metrics, indent=2) + "\n")

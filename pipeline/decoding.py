@@ -2,8 +2,8 @@
 
 - ``greedy``: best path, vectorized torch (``pipeline/greedy.py``).
 - ``beam``: lexicon-free prefix beam search, torchaudio's flashlight ``ctc_decoder``.
-- ``beam_lm``: the same flashlight search, scored with a character n-gram
-  (``pipeline/charlm.py``).
+- ``beam_lm``: the same flashlight search, scored with a character n-gram and a bonus for
+  each word of the training texts (``pipeline/charlm.py``).
 
 Both search on the CPU, also when the network ran on a GPU. torchaudio's
 ``cuda_ctc_decoder`` writes past its shared memory in its top-k kernel (pytorch/audio#3754,
@@ -61,6 +61,7 @@ class BeamDecoder:
         lm: CharNgram | None = None,
         lm_weight: float = 0.0,
         lm_char_bonus: float = 0.0,
+        lm_word_bonus: float = 0.0,
     ) -> None:
         self.charset = charset
         self.beam_width = beam_width
@@ -69,6 +70,7 @@ class BeamDecoder:
         self.lm = lm
         self.lm_weight = lm_weight
         self.lm_char_bonus = lm_char_bonus
+        self.lm_word_bonus = lm_word_bonus
         self.name = "beam" if lm is None else "beam_lm"
         self._flashlight = None
 
@@ -79,7 +81,9 @@ class BeamDecoder:
             tokens = [BLANK_TOKEN, *self.charset.characters, SILENCE_TOKEN]
             lm = None
             if self.lm is not None:
-                lm = flashlight_lm(self.lm, tokens, self.lm_char_bonus, self.lm_weight)
+                lm = flashlight_lm(
+                    self.lm, tokens, self.lm_char_bonus, self.lm_weight, self.lm_word_bonus
+                )
             self._flashlight = ctc_decoder(
                 lexicon=None,
                 tokens=tokens,
@@ -121,6 +125,11 @@ def build_decoders(
     }
     if lm is not None:
         decoders["beam_lm"] = BeamDecoder(
-            charset, *beam, lm=lm, lm_weight=params.lm_weight, lm_char_bonus=params.lm_char_bonus
+            charset,
+            *beam,
+            lm=lm,
+            lm_weight=params.lm_weight,
+            lm_char_bonus=params.lm_char_bonus,
+            lm_word_bonus=params.lm_word_bonus,
         )
     return decoders

@@ -358,6 +358,7 @@ class EvaluateParams:
     max_batch_pixels: int  # padded pixels per batch (B x H x W_max) when reading lines
     lm_weight: float  # beam_lm: weight of the character LM's log-prob
     lm_char_bonus: float  # beam_lm: log-prob bonus per character (balances the LM's pull to short)
+    lm_word_bonus: float  # beam_lm: log-prob bonus per completed word that training text holds
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "beam_width", "max_batch_pixels"):
@@ -374,6 +375,7 @@ class EvaluateParams:
             )
         _require(self.beam_threshold > 0, "evaluate.beam_threshold", "must be > 0")
         _require(self.lm_weight >= 0, "evaluate.lm_weight", "must be >= 0")
+        _require(self.lm_word_bonus >= 0, "evaluate.lm_word_bonus", "must be >= 0")
 
 
 @dataclass(frozen=True)

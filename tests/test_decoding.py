@@ -1,12 +1,13 @@
 """Decoders on hand-built log-probs with known answers."""
 
+import json
 import math
 
 import pytest
 import torch
 from torchmetrics.text import CharErrorRate, WordErrorRate
 
-from pipeline.charlm import BOS, CharNgram
+from pipeline.charlm import BOS, CharNgram, LanguageModelError, words_of
 from pipeline.charset import Charset
 from pipeline.decoding import BeamDecoder, GreedyDecoder, build_decoders
 from pipeline.greedy import greedy_ids
@@ -158,3 +159,67 @@ def test_build_decoders_adds_beam_lm_with_a_language_model(tiny_params):
     decoders = build_decoders(CHARSET, tiny_params.evaluate, CharNgram.fit(["abc"], 3))
     assert set(decoders) == {"greedy", "beam", "beam_lm"}
     assert decoders["beam_lm"].lm_weight == tiny_params.evaluate.lm_weight
+    assert decoders["beam_lm"].lm_word_bonus == tiny_params.evaluate.lm_word_bonus
+
+
+def test_words_are_runs_of_letters_looked_up_in_lower_case():
+    assert words_of("L’homme, 1915 Je lègue: œuvre") == ["l", "homme", "je", "lègue", "œuvre"]
+    assert words_of(" 12, - ") == []
+    model = CharNgram.fit(["Ceci est mon testament.", "le 2 mars"], order=3)
+    assert model.words == {"ceci", "est", "mon", "testament", "le", "mars"}
+    assert model.known_words("Mon testament, le 3 avril") == 3  # mon, testament, le
+
+
+def test_the_word_bonus_picks_the_word_training_text_holds():
+    # one frame, "b" or "c" at even odds; the unigram LM has read "c" five times as often,
+    # but only as part of the word "ccccc": "b" is a word of its own
+    charset = Charset(tuple("bc"))
+    log_probs = torch.full((2, 1, charset.num_classes), -1e4)
+    log_probs[0, 0, charset.encode("b")[0]] = math.log(0.5)
+    log_probs[0, 0, charset.encode("c")[0]] = math.log(0.5)
+    log_probs[1, 0, 0] = 0.0  # blank
+    lengths = torch.tensor([2])
+    lm = CharNgram.fit(["b", "ccccc"], order=1)
+    assert lm.log_prob("", "c") > lm.log_prob("", "b")
+
+    def read(word_bonus: float) -> str:
+        decoder = BeamDecoder(
+            charset, 10, 0, 1000.0, lm=lm, lm_weight=1.0, lm_word_bonus=word_bonus
+        )
+        return decoder(log_probs, lengths)[0].text
+
+    assert read(0.0) == "c"
+    assert read(5.0) == "b"
+
+
+@pytest.mark.parametrize("bonuses", [(1.0, 0.0, 0.0), (0.5, 1.5, 0.0), (0.5, 1.5, 2.0)])
+def test_the_beam_adds_what_beam_score_says_for_a_whole_text(bonuses):
+    # peaked frames spell "ab ba" (an acoustic score of ~0), so the hypothesis score is the
+    # LM's part alone: the decoder's token-by-token sum must equal the one formula, which
+    # bench/ensemble.py uses to rank whole texts
+    frames = ["a", "-", "b", "-", " ", "-", "b", "-", "a", "-"]
+    log_probs = emissions(*frames, peak=1 - 1e-7)
+    lm = CharNgram.fit(["ab ab", "b a", "ba"], order=3)
+    weight, char_bonus, word_bonus = bonuses
+    decoder = BeamDecoder(
+        CHARSET, 10, 0, 1000.0, lm=lm, lm_weight=weight, lm_char_bonus=char_bonus,
+        lm_word_bonus=word_bonus,
+    )  # fmt: skip
+    [hypothesis] = decoder(log_probs, torch.tensor([len(frames)]))
+    assert hypothesis.text == "ab ba"
+    assert lm.known_words("ab ba") == 2
+    expected = lm.beam_score("ab ba", weight, char_bonus, word_bonus)
+    assert hypothesis.score == pytest.approx(expected, abs=1e-3)
+
+
+def test_a_language_model_file_keeps_its_words_and_an_old_one_is_refused(tmp_path):
+    model = CharNgram.fit(["Je lègue", "mon bien"], order=3)
+    model.save(tmp_path / "lm.json")
+    loaded = CharNgram.load(tmp_path / "lm.json")
+    assert loaded.words == {"je", "lègue", "mon", "bien"}
+    assert loaded.text_log_prob("Je") == model.text_log_prob("Je")
+    payload = json.loads((tmp_path / "lm.json").read_text())
+    del payload["words"]  # as the lm stage wrote it before the word bonus
+    (tmp_path / "old.json").write_text(json.dumps(payload))
+    with pytest.raises(LanguageModelError, match=r"old\.json: .*rebuild it"):
+        CharNgram.load(tmp_path / "old.json")
