@@ -12,8 +12,12 @@ import tempfile
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: see stages/__init__.py
-# datasets caches what it loads: keep the tests out of the user's HuggingFace cache.
-os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="htr-tests-hf-")
+# One folder for what the session leaves outside its tmp_paths, removed when it ends (below):
+# datasets' cache (kept out of the user's HuggingFace cache), and the temporary files of the
+# processes the tests start, which a test that SIGKILLs one leaves behind (multiprocessing's
+# pymp-* folders). The tests' own process keeps the system's, already read by mkdtemp.
+os.environ["HF_HOME"] = os.path.join(tempfile.mkdtemp(prefix="htr-tests-"), "hf")
+os.environ["TMPDIR"] = os.path.join(os.path.dirname(os.environ["HF_HOME"]), "tmp")
 
 import pandas as pd
 import pytest
@@ -22,8 +26,10 @@ from PIL import Image
 
 from pipeline.params import Params, parse_params
 
-# Removed when the session ends: each run left its folder (up to 41 MB) in /tmp.
-atexit.register(shutil.rmtree, os.environ["HF_HOME"], ignore_errors=True)
+SESSION_FOLDER = Path(os.environ["HF_HOME"]).parent
+os.makedirs(os.environ["TMPDIR"])
+# Each run used to leave its cache (up to 41 MB) and a few pymp-* folders in /tmp.
+atexit.register(shutil.rmtree, SESSION_FOLDER, ignore_errors=True)
 
 ROOT = Path(__file__).resolve().parents[1]
 
