@@ -215,7 +215,9 @@ def test_the_compare_recipe_shows_quality_and_params_not_speed_or_data_counts(tm
     shown_metrics = [c for c in columns[2:] if c != "train.learning_rate"]
     assert not any(c.endswith(("seconds", "_per_second", "memory_mb", "device")) for c in columns)
     assert not any(c.endswith(("px_per_char_mean", ".dropped", "width_px.mean")) for c in columns)
-    assert not any(c.endswith(("texts_cleaned", "chars_removed", "contexts")) for c in columns)
+    assert not any(
+        c.endswith(("texts_cleaned", "chars_removed", "contexts", "train_words")) for c in columns
+    )
     # what is left beside CER/WER are counts that moved (epochs, steps, unknown characters)
     assert all(c in quality or c.split(".")[-1] in OTHER_RUN_COUNTS for c in shown_metrics), header
 
