@@ -192,6 +192,18 @@ def test_the_word_bonus_picks_the_word_training_text_holds():
     assert read(5.0) == "b"
 
 
+def test_beam_score_is_the_weighted_log_prob_and_the_bonuses():
+    lm = CharNgram.fit(["abab", "abba", "ba"], order=3)
+    # bits_per_char counts the end too: "ab" is 3 predictions
+    log_p = -lm.bits_per_char(["ab"]) * math.log(2) * 3
+    assert math.isclose(lm.beam_score("ab", 1.0, 0.0, 0.0), log_p)
+    assert math.isclose(lm.beam_score("ab", 0.5, 2.0, 0.0), 0.5 * log_p + 2.0 * 2)
+    # "ab" is no word of the training texts ("abab", "abba", "ba"); "ba" is
+    assert math.isclose(lm.beam_score("ab", 0.5, 2.0, 3.0), 0.5 * log_p + 2.0 * 2)
+    log_p_ba = -lm.bits_per_char(["ba"]) * math.log(2) * 3
+    assert math.isclose(lm.beam_score("ba", 0.5, 2.0, 3.0), 0.5 * log_p_ba + 2.0 * 2 + 3.0)
+
+
 @pytest.mark.parametrize("bonuses", [(1.0, 0.0, 0.0), (0.5, 1.5, 0.0), (0.5, 1.5, 2.0)])
 def test_the_beam_adds_what_beam_score_says_for_a_whole_text(bonuses):
     # peaked frames spell "ab ba" (an acoustic score of ~0), so the hypothesis score is the

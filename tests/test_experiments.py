@@ -316,22 +316,6 @@ def test_ensemble_pick_keeps_the_text_likeliest_under_both_models(monkeypatch):
     assert pick_by_joint_likelihood([weakly_b], frames, [["b"], ["a"]], charset) == ["b"]
 
 
-def test_beam_score_is_the_weighted_log_prob_and_the_bonuses():
-    import math
-
-    from pipeline.charlm import CharNgram
-
-    lm = CharNgram.fit(["abab", "abba", "ba"], order=3)
-    # bits_per_char counts the end too: "ab" is 3 predictions
-    log_p = -lm.bits_per_char(["ab"]) * math.log(2) * 3
-    assert math.isclose(lm.beam_score("ab", 1.0, 0.0, 0.0), log_p)
-    assert math.isclose(lm.beam_score("ab", 0.5, 2.0, 0.0), 0.5 * log_p + 2.0 * 2)
-    # "ab" is no word of the training texts ("abab", "abba", "ba"); "ba" is
-    assert math.isclose(lm.beam_score("ab", 0.5, 2.0, 3.0), 0.5 * log_p + 2.0 * 2)
-    log_p_ba = -lm.bits_per_char(["ba"]) * math.log(2) * 3
-    assert math.isclose(lm.beam_score("ba", 0.5, 2.0, 3.0), 0.5 * log_p_ba + 2.0 * 2 + 3.0)
-
-
 def test_subset_copy_keeps_the_same_share_of_each_writers_lines_in_order(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "bench"))
     from subset_copy import kept_rows

@@ -91,6 +91,8 @@ def test_out_of_range_values_are_named():
     assert "preview.variants: must be >= 1" in _error(lambda m: m["preview"].update(variants=0))
     message = _error(lambda m: m["synthetic"].update(join_letters=1.5))
     assert "synthetic.join_letters: must be in [0, 1], got 1.5" in message
+    message = _error(lambda m: m["evaluate"].update(lm_word_bonus=-1.0))
+    assert "evaluate.lm_word_bonus: must be >= 0" in message
 
 
 def test_test_fonts_must_be_held_out():
