@@ -61,13 +61,13 @@ def _exit_when_ended(pid: int) -> None:
     os._exit(0)
 
 
-def init_worker(training_pid: int, rank: int, seed_workers: bool, worker_id: int) -> None:
-    """A loader worker's init. It seeds the worker as Lightning does (``seed_everything(...,
-    workers=True)`` adds its init only to loaders that have none), and ends the worker when
-    the training process ends: a forkserver worker is the server's child, so torch's own
-    check (the worker's parent changed) never fires when the training process is killed."""
-    if seed_workers:
-        pl_worker_init_function(worker_id, rank)
+def init_worker(training_pid: int, rank: int, worker_id: int) -> None:
+    """A loader worker's init. It seeds the worker as Lightning's ``seed_everything(...,
+    workers=True)`` would (training always asks for that; Lightning adds its init only to
+    loaders that have none), and ends the worker when the training process ends: a
+    forkserver worker is the server's child, so torch's own check (the worker's parent
+    changed) never fires when the training process is killed."""
+    pl_worker_init_function(worker_id, rank)
     threading.Thread(target=_exit_when_ended, args=(training_pid,), daemon=True).start()
 
 
@@ -357,9 +357,7 @@ class LineDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             multiprocessing_context=loader_context() if self.num_workers > 0 else None,
-            worker_init_fn=functools.partial(
-                init_worker, os.getpid(), rank, bool(int(os.environ.get("PL_SEED_WORKERS", 0)))
-            ),
+            worker_init_fn=functools.partial(init_worker, os.getpid(), rank),
         )
 
     def train_dataloader(self) -> DataLoader:

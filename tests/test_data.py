@@ -240,10 +240,11 @@ def test_loader_workers_start_from_the_forkserver_and_read_what_the_process_read
 
 def test_loader_workers_are_seeded_as_lightning_seeds_them(tmp_path, tiny_params, monkeypatch):
     """seed_everything(workers=True) gives a loader Lightning's worker seeding only if it has
-    no worker_init_fn; ours has one, so it must seed the same: the same augmented lines."""
+    no worker_init_fn; ours has one, so it must seed the same: the same augmented lines. It
+    does so whatever the environment says."""
+    monkeypatch.delenv("PL_SEED_WORKERS", raising=False)  # set by an earlier seed_everything
     pull(tiny_params, tmp_path / "lines", tmp_path / "m.json")
     charset = Charset.load(tmp_path / "lines" / "charset.json")
-    monkeypatch.setenv("PL_SEED_WORKERS", "1")  # what seed_everything(workers=True) sets
     module = _datamodule(tmp_path / "lines", charset, 32, lambda w: w, tiny_params)
     module.num_workers = 1
     module.setup("fit")
