@@ -87,6 +87,26 @@ class RandomWidthStretch(torch.nn.Module):
         return (PAPER - ink[0]).round().clamp(0, 255).to(image.dtype)
 
 
+class RandomZoom(torch.nn.Module):
+    """Enlarge the line by a factor in ``[1, 1 + amount]`` and keep a random band of its
+    original height: a tighter crop, larger writing, ascenders or descenders cut. Real
+    crops differ in how much of their height the writing takes; affine's scale only
+    shrinks. The line grows wider with the ink, so no letter is cut at its ends."""
+
+    def __init__(self, amount: float) -> None:
+        super().__init__()
+        self.amount = amount
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:  # (1, H, W) uint8
+        height, width = image.shape[-2:]
+        factor = 1.0 + float(torch.rand(())) * self.amount
+        size = (max(height, round(height * factor)), max(1, round(width * factor)))
+        ink = (PAPER - image.float())[None]  # (1, 1, H, W)
+        ink = F.interpolate(ink, size=size, mode="bilinear", antialias=True)
+        top = int(torch.randint(0, size[0] - height + 1, ()))
+        return (PAPER - ink[0, :, top : top + height]).round().clamp(0, 255).to(image.dtype)
+
+
 class PadSides(torch.nn.Module):
     """Add paper left and right (a fraction of the height), so slant and rotation move ink
     into blank margin rather than off the image: a cut-off letter would break the label."""
@@ -105,6 +125,8 @@ def transform_steps(params: AugmentParams) -> list[tuple[str, Transform]]:
     steps: list[tuple[str, Transform]] = []
     if params.stretch:
         steps.append(("stretch", RandomWidthStretch(params.stretch_amount)))
+    if params.zoom:
+        steps.append(("zoom", RandomZoom(params.zoom_amount)))
     if params.affine:
         steps.append(
             (

@@ -171,6 +171,8 @@ class AugmentParams:
     enabled: bool  # master switch: off means training sees the stored lines unchanged
     stretch: bool  # the ink wider or narrower: hands differ in how wide they write
     stretch_amount: float  # relative, e.g. 0.25 -> width x [0.75, 1.25]
+    zoom: bool  # larger writing in a tighter crop: the line enlarged, its height kept
+    zoom_amount: float  # relative, e.g. 0.2 -> x [1.0, 1.2], the line that much wider
     affine: bool
     affine_degrees: float
     affine_shear: float  # degrees of horizontal shear (slant)
@@ -209,12 +211,19 @@ class AugmentParams:
             "augment.stretch_amount",
             f"must be in [0, 1), got {self.stretch_amount}",
         )
+        _require(
+            0.0 <= self.zoom_amount <= 1.0,
+            "augment.zoom_amount",
+            f"must be in [0, 1], got {self.zoom_amount}",
+        )
 
     def widest_output(self, width: int, height: int) -> int:
         """The widest a ``height`` x ``width`` line can come out of the augmentation: what a
         training batch's memory bound must count."""
         if self.enabled and self.stretch:
             width = max(width, round(width * (1.0 + self.stretch_amount)))
+        if self.enabled and self.zoom:
+            width = max(width, round(width * (1.0 + self.zoom_amount)))
         if self.enabled and self.affine:
             width += 2 * round(height * AFFINE_SIDE_PADDING)
         return width

@@ -177,9 +177,15 @@ def test_augmented_training_batches_stay_within_the_pixel_budget(tmp_path, tiny_
 
     pull(tiny_params, tmp_path / "lines", tmp_path / "m.json")
     charset = Charset.load(tmp_path / "lines" / "charset.json")
-    # every transform on every line, stretched up to 1.5x, sides padded: lines come out wider
+    # every transform on every line, stretched and zoomed up to 1.5x each, sides padded:
+    # lines come out wider
     augment = dataclasses.replace(
-        tiny_params.augment, probability=1.0, stretch=True, stretch_amount=0.5
+        tiny_params.augment,
+        probability=1.0,
+        stretch=True,
+        stretch_amount=0.5,
+        zoom=True,
+        zoom_amount=0.5,
     )
     budget = 4 * 32 * 300  # binds: the stored lines are up to ~400 px wide at 32 px
     module = LineDataModule(
@@ -187,7 +193,7 @@ def test_augmented_training_batches_stay_within_the_pixel_budget(tmp_path, tiny_
     )
     module.setup("fit")
     widest_stored = max(module.datasets["train"].widths)
-    assert widest_stored * 1.5 + 32 > 300  # else this test would not test the bound
+    assert widest_stored * 1.5 * 1.5 + 32 > 300  # else this test would not test the bound
     torch.manual_seed(0)
     for _ in range(3):  # epochs: new draws
         for batch in module.train_dataloader():

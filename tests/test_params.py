@@ -91,6 +91,8 @@ def test_out_of_range_values_are_named():
     assert "preview.variants: must be >= 1" in _error(lambda m: m["preview"].update(variants=0))
     message = _error(lambda m: m["synthetic"].update(join_letters=1.5))
     assert "synthetic.join_letters: must be in [0, 1], got 1.5" in message
+    message = _error(lambda m: m["augment"].update(zoom_amount=1.5))
+    assert "augment.zoom_amount: must be in [0, 1], got 1.5" in message
     message = _error(lambda m: m["evaluate"].update(lm_word_bonus=-1.0))
     assert "evaluate.lm_word_bonus: must be >= 0" in message
 
@@ -142,3 +144,10 @@ def test_a_batch_budget_must_hold_the_widest_legal_line_as_augmented():
     mapping = copy.deepcopy(project_params_dict())
     budgets(2432 * 32, 1920 * 32, True)(mapping)
     parse_params(mapping, "params.yaml")  # both fit exactly
+    # zoomed by up to 1.5 after the stretch: 1,920 x 1.25 x 1.5 + 32 = 3,632 px, batched
+    # padded to 3,648
+    mapping["augment"].update(zoom=True, zoom_amount=0.5)
+    with pytest.raises(ParamsError, match="3632 px once augmented"):
+        parse_params(mapping, "params.yaml")
+    mapping["train"]["max_batch_pixels"] = 3648 * 32
+    parse_params(mapping, "params.yaml")

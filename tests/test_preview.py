@@ -34,6 +34,8 @@ def test_each_transform_can_be_switched_off(tiny_params):
     assert build_augmentation(dataclasses.replace(tiny_params.augment, enabled=False)) is None
     stretch = dataclasses.replace(tiny_params.augment, stretch=True)
     assert [name for name, _ in transform_steps(stretch)] == ["stretch", *all_on]
+    zoom = dataclasses.replace(stretch, zoom=True)
+    assert [name for name, _ in transform_steps(zoom)] == ["stretch", "zoom", *all_on]
 
 
 def test_width_stretch_scales_the_ink_and_never_narrows_the_line():
@@ -54,6 +56,28 @@ def test_width_stretch_scales_the_ink_and_never_narrows_the_line():
         assert out[0, :8].min() > 250 and out[0, 24:].min() > 250  # no vertical change
         assert abs(int(inked[0]) - 20 * factor) <= 1.5  # the left margin scales too
     assert min(factors) < 0.85 and max(factors) > 1.15  # both ways, across the range
+
+
+def test_zoom_enlarges_the_ink_keeps_the_height_and_widens_the_line():
+    from pipeline.augment import RandomZoom
+
+    image = torch.full((1, 32, 160), 255, dtype=torch.uint8)
+    image[:, 12:20, 20:140] = 0  # ink rows 12-19 (8 px), x=20 to 139 (120 px)
+    torch.manual_seed(0)
+    factors, tops = [], []
+    for _ in range(40):
+        out = RandomZoom(0.5)(image)
+        assert out.shape[-2] == 32 and out.dtype == torch.uint8  # height kept
+        factor = out.shape[-1] / 160  # the line widens with its ink: nothing cut at the ends
+        assert 1.0 - 0.01 <= factor <= 1.5 + 0.01
+        inked_columns = (out[0] < 128).any(dim=0).nonzero()[:, 0]
+        assert abs((int(inked_columns[-1]) + 1 - int(inked_columns[0])) - 120 * factor) <= 2
+        inked_rows = (out[0] < 128).any(dim=1).nonzero()[:, 0]
+        assert abs(len(inked_rows) - 8 * factor) <= 2  # taller ink in the same height
+        factors.append(factor)
+        tops.append(int(inked_rows[0]))
+    assert min(factors) < 1.1 and max(factors) > 1.4  # across the range
+    assert len(set(tops)) > 3  # the band kept moves: sometimes the top cut, sometimes not
 
 
 def test_augmentation_keeps_type_and_paper_and_changes_pixels(tiny_params):
