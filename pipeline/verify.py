@@ -38,9 +38,11 @@ TOLERANT_FILES = ("train.json", "evaluate.json")
 # hosts, 6.5 % on a CER and 7.5 % on a WER on an AMD EPYC host (README). 10 % is 1.3x the
 # largest seen; a halved schedule moves them 30-80 %.
 RELATIVE_TOLERANCE = 0.10
-# Rates near zero move by a few characters in absolute terms: one character of the
-# validation split is ~0.0001 of CER, so this floor is a handful of characters.
-ABSOLUTE_TOLERANCE = 0.002
+# A host moves a rate by a number of characters, not by a share of it: a second AMD EPYC
+# host moved validation greedy, beam and beam+LM CER by 0.0046-0.0063 together (~50-60 of
+# the split's ~10,000 characters), 6 % of greedy's 0.10 but 11-12 % of beam+LM's 0.04
+# (README). So small rates get a floor, 1.3x the largest move 10 % did not cover (0.0050).
+ABSOLUTE_TOLERANCE = 0.0065
 
 
 class VerifyError(PipelineError):

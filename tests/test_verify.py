@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.verify import VerifyError, compare_file, read_metrics, verify
+from pipeline.verify import (
+    ABSOLUTE_TOLERANCE,
+    RELATIVE_TOLERANCE,
+    VerifyError,
+    compare_file,
+    read_metrics,
+    verify,
+)
 from tests.conftest import ROOT
 
 TRAIN = {"val": {"cer": 0.1, "wer_last": 0.4}, "epochs": 8, "steps": 2000}
@@ -45,6 +52,24 @@ def test_small_rates_get_the_absolute_floor():
     assert _failed(compare_file("t", {"cer": 0.001}, {"cer": 0.0031}, False, 0.1, 0.002)) == [
         "t:cer"
     ]
+
+
+def test_the_default_tolerance_takes_a_measured_host_and_refuses_a_halved_schedule():
+    """Known answers (README): the committed run (an Intel host) against a fresh clone's on
+    an AMD EPYC host; an earlier default against the same run with its schedule halved."""
+    committed = {"validation": {"greedy": {"cer": 0.097108}, "beam_lm": {"cer": 0.042862}}}
+    other_host = {"validation": {"greedy": {"cer": 0.103148}, "beam_lm": {"cer": 0.047508}}}
+    assert _failed(compare_file("e", committed, other_host, False, 0.1, 0.002)) == [
+        "e:validation.beam_lm.cer"  # the old floor: 0.0046 > 10 % of 0.0429
+    ]
+    assert _failed(verify_rates(committed, other_host)) == []
+    earlier = {"validation": {"cer": 0.0283}, "test": {"beam": {"cer": 0.1646}}}
+    halved = {"validation": {"cer": 0.0863}, "test": {"beam": {"cer": 0.2411}}}
+    assert _failed(verify_rates(earlier, halved)) == ["e:test.beam.cer", "e:validation.cer"]
+
+
+def verify_rates(expected: dict, actual: dict):
+    return compare_file("e", expected, actual, False, RELATIVE_TOLERANCE, ABSOLUTE_TOLERANCE)
 
 
 def test_counts_and_missing_keys_must_match_exactly():
