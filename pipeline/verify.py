@@ -36,7 +36,7 @@ TOLERANT_FILES = ("train.json", "evaluate.json")
 # Measured spread between hosts of this kind for the default run: 2.2-2.5 % relative on
 # CER (test beam 0.1646 vs 0.1682, validation 0.0276 vs 0.0283), up to ~5 % on emulated
 # hosts, 6.5 % on a CER and 7.5 % on a WER on an AMD EPYC host (README). 10 % is 1.3x the
-# largest seen; a halved schedule moves them 30-80 %.
+# largest seen on a rate the floor below does not cover; a halved schedule moves them 30-80 %.
 RELATIVE_TOLERANCE = 0.10
 # A host moves a rate by a number of characters, not by a share of it: a second AMD EPYC
 # host moved validation greedy, beam and beam+LM CER by 0.0046-0.0063 together (~50-60 of
