@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import platform
 from pathlib import Path
 
 from _runs import (  # bench/ is on the path of its scripts
@@ -302,6 +303,13 @@ def train_teacher(name: str, work: Path) -> Path:
     return run.model
 
 
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
 def run_one(
     name: str, overrides: dict, data: Path, work: Path, teacher: Path | None = None
 ) -> dict:
@@ -321,6 +329,10 @@ def run_one(
     return {
         "name": name,
         "overrides": overrides,
+        "data": str(data),  # a copy's folder says which bench/*_copy.py made it
+        # hosts of one kind differ in speed (the 30-minute cap gives fewer steps on a slower
+        # one) and in floats
+        "host": cpu_model(),
         # which `make repro` model it was fine-tuned from (the teacher changes with the commit)
         "pretrained_md5": hashlib.md5(pretrained.read_bytes()).hexdigest() if pretrained else None,
         "train_minutes": round(speed["fit_seconds"] / 60, 1),
