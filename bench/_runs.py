@@ -6,8 +6,10 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
@@ -95,3 +97,15 @@ class StageRunner:
         self("evaluate", model=model, **extra, lines=lines, metrics=f / "evaluate.json",
              speed=f / "evaluate_speed.json", predictions=f / "predictions.parquet",
              plots=f / "plots", worst=f / "worst_lines.png")  # fmt: skip
+
+
+def training_parquets(source: Path, target: Path) -> Iterator[tuple[Path, Path]]:
+    """For the bench copies of a hub-layout folder: copies every split but training into
+    ``target/data`` as it is, and yields (source file, target file) for each training one."""
+    (target / "data").mkdir(parents=True, exist_ok=True)
+    for path in sorted((source / "data").glob("*.parquet")):
+        out = target / "data" / path.name
+        if path.name.startswith("train"):
+            yield path, out
+        else:
+            shutil.copyfile(path, out)

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import argparse
 import math
-import shutil
 from collections import defaultdict
 from pathlib import Path
 
 import pyarrow.parquet as pq
+from _runs import training_parquets  # bench/ is on the path of its scripts
 
 
 def kept_rows(writers: list[str | None], fraction: float) -> list[int]:
@@ -38,12 +38,7 @@ def main() -> None:
     args = parser.parse_args()
     if not 0 < args.fraction <= 1:
         raise SystemExit(f"--fraction must be in (0, 1], got {args.fraction}")
-    (args.target / "data").mkdir(parents=True, exist_ok=True)
-    for path in sorted((args.source / "data").glob("*.parquet")):
-        out = args.target / "data" / path.name
-        if not path.name.startswith("train"):
-            shutil.copyfile(path, out)
-            continue
+    for path, out in training_parquets(args.source, args.target):
         table = pq.read_table(path)
         writers = (
             table.column("writer").to_pylist()

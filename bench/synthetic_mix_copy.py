@@ -16,12 +16,11 @@ same footing; beam and greedy do not use it.
 from __future__ import annotations
 
 import argparse
-import shutil
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from _runs import params_with  # bench/ is on the path of its scripts
+from _runs import params_with, training_parquets  # bench/ is on the path of its scripts
 from tqdm import tqdm
 
 from pipeline.params import parse_params
@@ -81,12 +80,7 @@ def main() -> None:
         "params.yaml + bench overrides",
     ).synthetic
 
-    (args.target / "data").mkdir(parents=True, exist_ok=True)
-    for path in sorted((args.source / "data").glob("*.parquet")):
-        out = args.target / "data" / path.name
-        if not path.name.startswith("train"):
-            shutil.copyfile(path, out)
-            continue
+    for path, out in training_parquets(args.source, args.target):
         table = pq.read_table(path)
         rows = {name: [] for name in table.column_names}
         for row in tqdm(
