@@ -16,6 +16,7 @@ same footing; beam and greedy do not use it.
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow as pa
@@ -69,36 +70,30 @@ def main() -> None:
             print(f"{font}: left out ({error})")
             continue
         fonts.append(font)
-    synthetic = parse_params(
-        params_with(
-            {
-                **overrides,
-                "synthetic.train_fonts": fonts,
-                "synthetic.test_fonts": ["permanent-marker"],
-            }
-        ),
-        "params.yaml + bench overrides",
-    ).synthetic
+    synthetic = replace(
+        params.synthetic, train_fonts=tuple(fonts), test_fonts=("permanent-marker",)
+    )
 
     for path, out in training_parquets(args.source, args.target):
         table = pq.read_table(path)
-        rows = {name: [] for name in table.column_names}
-        for row in tqdm(
+        rendered = tqdm(
             generate_split(synthetic, args.seed, "train", texts),
             total=len(texts),
             desc="rendering",
             unit="line",
-        ):
-            values = {
-                "image": {"bytes": row.image, "path": None},
-                "text": row.text,
-                "writer": f"synthetic-{row.writer}",
-                "id": f"synthetic-{row.id}",
-            }
-            for name in rows:
-                rows[name].append(values.get(name))
-        added = pa.table(
-            {name: pa.array(rows[name], table.schema.field(name).type) for name in rows}
+        )
+        # columns the source has and these rows lack are left empty
+        added = pa.Table.from_pylist(
+            [
+                {
+                    "image": {"bytes": row.image, "path": None},
+                    "text": row.text,
+                    "writer": f"synthetic-{row.writer}",
+                    "id": f"synthetic-{row.id}",
+                }
+                for row in rendered
+            ],
+            schema=table.schema,
         )
         pq.write_table(pa.concat_tables([table, added]), out)
         print(f"{path.name}: {table.num_rows} real + {added.num_rows} rendered lines, {fonts}")
