@@ -230,14 +230,16 @@ class CRNN(nn.Module):
         columns = pool(dim=2)  # (B, C, T)
         shortcut = None
         if self.shortcut is not None:
-            shortcut = self.shortcut(columns).permute(2, 0, 1).log_softmax(-1)  # (T, B, K)
+            shortcut = self.shortcut(columns).permute(2, 0, 1).float().log_softmax(-1)  # (T, B, K)
         sequence = columns.permute(2, 0, 1)  # (T, B, C)
         if widths is None:
             frames = torch.full((sequence.shape[1],), sequence.shape[0], device=sequence.device)
         else:
             frames = self.output_lengths(widths).clamp(min=1, max=sequence.shape[0])
         sequence = self.lstm(sequence, frames)  # (T, B, 2 * hidden)
-        log_probs = self.classifier(sequence).log_softmax(-1)  # (T, B, K)
+        # log-probs in fp32 under autocast too: CPU autocast (bf16-mixed) leaves log_softmax
+        # in bf16, ~3 significant digits for the CTC loss and the decoders (a no-op in fp32)
+        log_probs = self.classifier(sequence).float().log_softmax(-1)  # (T, B, K)
         return log_probs, shortcut
 
     def extend_classes(self, num_classes: int) -> None:

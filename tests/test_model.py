@@ -44,6 +44,16 @@ def test_log_probs_are_normalized_and_time_major(tiny_params):
     assert torch.allclose(log_probs.exp().sum(-1), torch.ones(log_probs.shape[:2]), atol=1e-5)
 
 
+def test_log_probs_stay_fp32_under_cpu_bf16_autocast(tiny_params):
+    # CPU autocast runs the convolutions, BiLSTM and linear layers in bf16 and leaves
+    # log_softmax in the dtype it gets: the CTC loss and the decoders would read bf16
+    model = CRNN(_config(tiny_params.model.architecture, classes=7)).eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        log_probs, shortcut = model(torch.rand(3, 1, 32, 64))
+    assert log_probs.dtype == shortcut.dtype == torch.float32
+    assert torch.allclose(log_probs.exp().sum(-1), torch.ones(log_probs.shape[:2]), atol=1e-5)
+
+
 def test_shortcut_can_be_switched_off(tiny_params):
     on = CRNN(_config(tiny_params.model.architecture, shortcut=True))
     off = CRNN(_config(tiny_params.model.architecture, shortcut=False))
