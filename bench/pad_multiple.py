@@ -38,8 +38,17 @@ MULTIPLES = [1, 8, 16, 32, 64]
 
 
 def measure(
-    preset: str, norm: str, batch: int, low: int, high: int, multiple: int | None, steps: int
+    preset: str,
+    norm: str,
+    batch: int,
+    low: int,
+    high: int,
+    multiple: int | None,
+    steps: int,
+    bf16: bool = False,
 ) -> float:
+    """Seconds per step; ``bf16``: the forward under CPU bf16 autocast, as Lightning's
+    ``bf16-mixed`` runs it (weights, gradients and AdamW in fp32)."""
     params = load_params()
     torch.manual_seed(0)
     network = CRNN(ModelConfig(params.model.presets[preset], "max", True, norm, CLASSES))
@@ -57,7 +66,8 @@ def measure(
         widths = torch.full((batch,), width)
         targets = torch.randint(1, CLASSES, (batch, 20))
         started = time.perf_counter()
-        log_probs, shortcut = network(images, widths)  # (T, B, K) each
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            log_probs, shortcut = network(images, widths)  # (T, B, K) each, fp32
         frames = torch.full((batch,), log_probs.shape[0])
         lengths = torch.full((batch,), 20)
         loss = ctc(log_probs, targets, frames, lengths) + 0.1 * ctc(
