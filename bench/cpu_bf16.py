@@ -10,7 +10,7 @@ bf16 convolutions, matrix products and LSTM natively; without them bf16 is emula
 ``ONEDNN_MAX_CPU_ISA=AVX512_CORE_VNNI python bench/cpu_bf16.py`` holds oneDNN to the
 instructions before bf16 (ATen's own kernels still see the CPU).
 
-    python bench/cpu_bf16.py     # ~3 min; writes bench/results/cpu_bf16.json
+    python bench/cpu_bf16.py     # ~2 min; writes bench/results/cpu_bf16.json
 """
 
 from __future__ import annotations
@@ -24,19 +24,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the stages set it, bef
 
 import torch
 from pad_multiple import CONFIGS, measure  # bench/ is on the path of its scripts
-from real import cpu_model
+from real import cpu_model, cpuinfo
 
 
 def bf16_flags() -> list[str]:
-    flags = next(
-        (
-            line.split(":", 1)[1].split()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("flags")
-        ),
-        [],
-    )
-    return sorted(f for f in flags if "bf16" in f)
+    return sorted(f for f in (cpuinfo("flags") or "").split() if "bf16" in f)
 
 
 def main() -> None:

@@ -307,11 +307,16 @@ def train_teacher(name: str, work: Path) -> Path:
     return run.model
 
 
-def cpu_model() -> str:
+def cpuinfo(field: str) -> str | None:
+    """The first processor's ``field`` in /proc/cpuinfo (``model name``, ``flags``...)."""
     for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
+        if line.split(":", 1)[0].strip() == field:
             return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
+    return None
+
+
+def cpu_model() -> str:
+    return cpuinfo("model name") or platform.processor() or "unknown"
 
 
 def run_one(
