@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import shlex
@@ -109,3 +110,24 @@ def training_parquets(source: Path, target: Path) -> Iterator[tuple[Path, Path]]
             yield path, out
         else:
             shutil.copyfile(path, out)
+
+
+def read_split_from_args(doc: str):
+    """For the test-time scripts (tta.py, tta_select.py): ``MODEL LINES [--split] [--params]
+    [--lm]`` parsed, and (the recognizer on the CPU, the split's LineDataset)."""
+    from pipeline.data import LineDataset  # torch: only for the scripts that read lines
+    from pipeline.layout import PROJECT_PARAMS, LinesFolder
+    from pipeline.recognizer import Recognizer
+
+    parser = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("model", type=Path)
+    parser.add_argument("lines", type=Path)
+    parser.add_argument("--split", default="validation")
+    parser.add_argument("--params", type=Path, default=PROJECT_PARAMS, help="decoder settings")
+    parser.add_argument("--lm", type=Path, help="character LM: adds the beam_lm decoder")
+    args = parser.parse_args()
+    recognizer = Recognizer.load(args.model, device="cpu", params=args.params, lm=args.lm)
+    split = LinesFolder(args.lines).split(args.split)
+    return recognizer, LineDataset(split, recognizer.charset, recognizer.height)

@@ -10,18 +10,14 @@ Prints CER per set of variants (each variant alone first).
 
 from __future__ import annotations
 
-import argparse
 import math
-from pathlib import Path
 
 import torch
 import torchvision.transforms.v2.functional as TF
+from _runs import read_split_from_args  # bench/ is on the path of its scripts
 from torchmetrics.functional.text import char_error_rate
 
 from pipeline.augment import PAPER, morphology
-from pipeline.data import LineDataset
-from pipeline.layout import PROJECT_PARAMS, LinesFolder
-from pipeline.recognizer import Recognizer
 
 
 def _affine(shear: float = 0.0, scale: float = 1.0):
@@ -48,19 +44,7 @@ SETS = [
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("model", type=Path)
-    parser.add_argument("lines", type=Path)
-    parser.add_argument("--split", default="validation")
-    parser.add_argument("--params", type=Path, default=PROJECT_PARAMS, help="decoder settings")
-    parser.add_argument("--lm", type=Path, help="character LM: adds the beam_lm decoder")
-    args = parser.parse_args()
-    recognizer = Recognizer.load(args.model, device="cpu", params=args.params, lm=args.lm)
-    dataset = LineDataset(
-        LinesFolder(args.lines).split(args.split), recognizer.charset, recognizer.height
-    )
+    recognizer, dataset = read_split_from_args(__doc__)
     # every variant keeps the line's width, so its frames line up with the stored line's;
     # the dataset reads each line through it as training reads through the augmentation
     emissions: dict[str, list] = {}

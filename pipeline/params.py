@@ -368,6 +368,9 @@ class EvaluateParams:
     lm_weight: float  # beam_lm: weight of the character LM's log-prob
     lm_char_bonus: float  # beam_lm: log-prob bonus per character (balances the LM's pull to short)
     lm_word_bonus: float  # beam_lm: log-prob bonus per completed word that training text holds
+    # Each line read at these sizes (1.0: as stored), keeping per line the version whose best
+    # path the network finds likeliest (Recognizer.kept_emissions); (1.0,): read once
+    scales: tuple[float, ...]
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "beam_width", "max_batch_pixels"):
@@ -385,6 +388,11 @@ class EvaluateParams:
         _require(self.beam_threshold > 0, "evaluate.beam_threshold", "must be > 0")
         _require(self.lm_weight >= 0, "evaluate.lm_weight", "must be >= 0")
         _require(self.lm_word_bonus >= 0, "evaluate.lm_word_bonus", "must be >= 0")
+        _require(
+            1.0 in self.scales and all(0.5 <= scale <= 2.0 for scale in self.scales),
+            "evaluate.scales",
+            f"needs 1.0 (each line as stored) and sizes in [0.5, 2], got {list(self.scales)}",
+        )
 
 
 @dataclass(frozen=True)
@@ -414,7 +422,7 @@ class Params:
         widest = math.ceil(self.data.max_aspect_ratio * height)
         for section, width in (
             ("train", self.augment.widest_output(widest, height)),
-            ("evaluate", widest),
+            ("evaluate", math.ceil(widest * max(self.evaluate.scales))),
         ):
             budget = getattr(self, section).max_batch_pixels
             _require(

@@ -83,6 +83,22 @@ class Readings:
     seconds: dict[str, float]
 
 
+def rescaled(line: torch.Tensor, scale: float) -> torch.Tensor:
+    """A model input ``(1, H, W)`` (ink 1, paper 0) with its writing ``scale`` times as
+    large: ``(1, H, round(W * scale))``, cut about its middle rows, or padded there with
+    paper."""
+    if scale == 1.0:
+        return line
+    height, width = line.shape[-2:]
+    size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    resized = F.interpolate(line[None], size=size, mode="bilinear", antialias=True)[0]
+    if size[0] >= height:
+        top = (size[0] - height) // 2
+        return resized[:, top : top + height]
+    top = (height - size[0]) // 2
+    return F.pad(resized, (0, 0, top, height - size[0] - top), value=0.0)
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -199,6 +215,44 @@ class Recognizer:
                     torch.cuda.synchronize()
                 yield batch, log_probs, frames, time.perf_counter() - start
 
+    def kept_emissions(
+        self,
+        line: Callable[[int], torch.Tensor],
+        widths: Sequence[int],
+        progress: str | None = None,
+    ) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor, float]]:
+        """``emissions``, with each line read at every size of ``evaluate.scales``
+        (``rescaled``) and, per line, the version kept whose best path the network finds
+        likeliest (its largest log-probability summed over its frames); batches of lines of
+        similar frame counts, the network's seconds all with the first."""
+        scales = self.params.evaluate.scales
+        if scales == (1.0,):
+            yield from self.emissions(line, widths, progress)
+            return
+        kept: list[tuple[float, torch.Tensor]] = [(-math.inf, torch.empty(0))] * len(widths)
+        seconds = 0.0
+        for scale in scales:
+            for batch, log_probs, frames, network_seconds in self.emissions(
+                lambda i, s=scale: rescaled(line(i), s),
+                [max(1, round(width * scale)) for width in widths],
+                progress and f"{progress} x{scale:g}",
+            ):  # log_probs (T, B, K)
+                seconds += network_seconds
+                best = log_probs.max(dim=-1).values  # (T, B)
+                for b, index in enumerate(batch):
+                    count = int(frames[b])
+                    score = float(best[:count, b].sum())
+                    if score > kept[index][0]:
+                        kept[index] = (score, log_probs[:count, b].clone())  # (T_i, K)
+        order = sorted(range(len(widths)), key=lambda i: kept[i][1].shape[0])
+        size = self.params.evaluate.batch_size
+        for start in range(0, len(order), size):
+            batch = order[start : start + size]
+            chosen = [kept[i][1] for i in batch]
+            log_probs = torch.nn.utils.rnn.pad_sequence(chosen)  # (T, B, K), 0 past a line's end
+            frames = torch.tensor([c.shape[0] for c in chosen], device=log_probs.device)
+            yield batch, log_probs, frames, seconds if start == 0 else 0.0
+
     def read_lines(
         self,
         line: Callable[[int], torch.Tensor],
@@ -206,9 +260,9 @@ class Recognizer:
         decoders: Sequence[str],
         progress: str | None = None,
     ) -> Readings:
-        """Lines ``line(i)`` read once by the network (``emissions``) and decoded by each of
-        ``decoders``: per decoder, the readings in index order; and the seconds of each step
-        (``model``, then one per decoder)."""
+        """Lines ``line(i)`` read by the network (``kept_emissions``: once, or at each of
+        ``evaluate.scales``) and decoded by each of ``decoders``: per decoder, the readings in
+        index order; and the seconds of each step (``model``, then one per decoder)."""
         unknown = [name for name in decoders if name not in self.decoders]
         if unknown:
             hint = " (it needs a character LM: lm=...)" if "beam_lm" in unknown else ""
@@ -217,7 +271,9 @@ class Recognizer:
             )
         found: dict[str, list] = {name: [None] * len(widths) for name in decoders}
         seconds: dict[str, float] = defaultdict(float)
-        for batch, log_probs, frames, network_seconds in self.emissions(line, widths, progress):
+        for batch, log_probs, frames, network_seconds in self.kept_emissions(
+            line, widths, progress
+        ):
             seconds["model"] += network_seconds
             frame_counts = frames.tolist()
             # one copy per batch, for every decoder (the beam searches run on the CPU) and for

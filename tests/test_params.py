@@ -151,3 +151,13 @@ def test_a_batch_budget_must_hold_the_widest_legal_line_as_augmented():
         parse_params(mapping, "params.yaml")
     mapping["train"]["max_batch_pixels"] = 3648 * 32
     parse_params(mapping, "params.yaml")
+
+
+def test_reading_sizes_must_hold_the_line_as_stored_and_stay_in_range():
+    message = _error(lambda m: m["evaluate"].update(scales=[0.9, 1.1]))
+    assert "evaluate.scales: needs 1.0 (each line as stored)" in message
+    assert "evaluate.scales" in _error(lambda m: m["evaluate"].update(scales=[1.0, 3.0]))
+    # a line read 1.25x as large is 1.25x as wide: the widest legal one must still fit
+    widest = 60 * 32  # data.max_aspect_ratio x the cpu preset's height
+    error = _error(lambda m: m["evaluate"].update(scales=[1.0, 1.25], max_batch_pixels=widest * 32))
+    assert "evaluate.max_batch_pixels" in error

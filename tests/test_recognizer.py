@@ -13,7 +13,7 @@ from PIL import Image
 
 from pipeline.charset import Charset
 from pipeline.errors import PipelineError
-from pipeline.recognizer import Recognizer, per_frame
+from pipeline.recognizer import Recognizer, per_frame, rescaled
 from tests.conftest import png_bytes
 
 LETTERS = "abcdefghij"
@@ -126,3 +126,54 @@ def test_read_names_the_line_it_cannot_read(tiny_params, tmp_path):
         recognizer.read([np.zeros((40, 150), dtype=np.float32)])
     with pytest.raises(PipelineError, match=r"no decoder beam_lm \(it needs a character LM"):
         recognizer.read([good], decoder="beam_lm")
+
+
+def test_rescaled_lines_keep_their_height_and_their_writing_at_the_middle():
+    line = torch.zeros(1, 8, 16)
+    line[:, 3:5, 4:12] = 1.0  # ink on the two middle rows
+    smaller = rescaled(line, 0.5)
+    assert smaller.shape == (1, 8, 8)
+    assert smaller[:, :2].max() == 0 and smaller[:, -2:].max() == 0  # paper added above, below
+    # the two ink rows, halved, stay on the middle rows at half strength
+    assert smaller[:, 3:5, 3:5].flatten().tolist() == [0.5] * 4
+    larger = rescaled(line, 2.0)
+    assert larger.shape == (1, 8, 32)
+    # the ink, twice as tall and wide, about the middle: rows 3-4 full, 2 and 5 blurred
+    assert larger[:, 3:5, 9:23].min() == 1.0 and larger[:, [2, 5], 9:23].max() == 0.75
+    assert larger[:, [0, 1, 6, 7]].max() < 0.3
+    assert rescaled(line, 1.0) is line
+
+
+class ChoosyReader(WidthSpeller):
+    """WidthSpeller, sure of every frame (0.99) only for lines ``favourite`` px wide, of
+    none (0.6) for the rest."""
+
+    def __init__(self, height: int, favourite: int) -> None:
+        super().__init__(height)
+        self.favourite = favourite
+
+    def forward(self, images: torch.Tensor, widths: torch.Tensor):
+        log_probs, _ = super().forward(images, widths)  # (T, B, K), best class log(SURE)
+        for b, width in enumerate(widths.tolist()):
+            sure = 0.99 if width == self.favourite else 0.6
+            other = math.log((1 - sure) / (log_probs.shape[-1] - 1))
+            log_probs[:, b] = torch.where(log_probs[:, b] == math.log(SURE), math.log(sure), other)
+        return log_probs, None
+
+
+def test_lines_read_at_several_sizes_keep_the_version_the_network_is_surest_of(tiny_params):
+    """evaluate.scales: each line read at every size, and the version whose best path is
+    likeliest kept (its text tells which: WidthSpeller spells the width)."""
+    evaluate = dataclasses.replace(tiny_params.evaluate, batch_size=2, scales=(1.0, 2.0))
+    params = dataclasses.replace(tiny_params, evaluate=evaluate)
+    network = ChoosyReader(32, favourite=120)
+    recognizer = Recognizer(network, Charset(tuple(LETTERS)), params, torch.device("cpu"))
+    lines = [torch.zeros(1, 32, width) for width in (60, 120, 40)]
+    read = recognizer.read_lines(lambda i: lines[i], [60, 120, 40], ["greedy"])
+    # 60 px read at twice its size is 120 px wide, the favourite: "c" over 60 frames, as the
+    # 120 px line as stored; 40 px lines are read no surer either way, and as stored the
+    # best path is likelier (20 frames of 0.6 against 40)
+    readings = read.by_decoder["greedy"]
+    assert [(r.text, r.frames) for r in readings] == [("c", 60), ("c", 60), ("e", 20)]
+    stored_only = _recognizer(tiny_params).read_lines(lambda i: lines[i], [60, 120, 40], ["greedy"])
+    assert [r.text for r in stored_only.by_decoder["greedy"]] == ["g", "c", "e"]
