@@ -18,7 +18,7 @@ from __future__ import annotations
 from _runs import read_split_from_args  # bench/ is on the path of its scripts
 from torchmetrics.functional.text import char_error_rate
 
-from pipeline.recognizer import rescaled, text_log_likelihoods
+from pipeline.recognizer import best_path_log_probabilities, rescaled, text_log_likelihoods
 
 SCALES = (0.8, 0.9, 1.0, 1.1, 1.25)
 SETS = [(0.9, 1.0, 1.1), (0.8, 0.9, 1.0, 1.1, 1.25), (0.8, 0.9, 1.0), (1.0, 1.1, 1.25)]
@@ -39,14 +39,15 @@ def main() -> None:
         for indices, log_probs, frames, _ in recognizer.emissions(
             lambda i, s=scale: rescaled(dataset[i]["image"], s), widths, progress=f"scale {scale}"
         ):  # log_probs (T, B, K)
-            best = log_probs.max(dim=-1).values  # (T, B)
+            paths = best_path_log_probabilities(log_probs, frames).tolist()
+            counts = frames.tolist()
             for name, decoder in recognizer.decoders.items():
                 read = [h.text for h in decoder(log_probs, frames)]
                 likelihoods = text_log_likelihoods(log_probs, frames, read, recognizer.charset)
                 for b, i in enumerate(indices):
                     texts[scale][name][i] = read[b]
-                    sureness["mean"][scale][name][i] = float(best[: frames[b], b].mean())
-                    sureness["sum"][scale][name][i] = float(best[: frames[b], b].sum())
+                    sureness["mean"][scale][name][i] = paths[b] / counts[b]
+                    sureness["sum"][scale][name][i] = paths[b]
                     sureness["ctc"][scale][name][i] = likelihoods[b]
 
     def cer(predicted: list[str]) -> str:
@@ -67,7 +68,7 @@ def main() -> None:
         for d in decoders:
             best = [
                 min((texts[s][d][i] for s in scales), key=lambda t, i=i: _distance(t, truths[i]))
-                for i in range(len(dataset))
+                for i in range(n)
             ]
             oracle.append(cer(best))
         print(f"| {' / '.join(map(str, scales))} | oracle | {' | '.join(oracle)} |", flush=True)

@@ -83,6 +83,14 @@ class Readings:
     seconds: dict[str, float]
 
 
+def best_path_log_probabilities(log_probs: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+    """``log_probs (T, B, K)``, ``frames (B,)`` -> ``(B,)`` each line's best path's
+    log-probability: its largest log-probability summed over its own frames."""
+    best = log_probs.max(dim=-1).values  # (T, B)
+    inside = torch.arange(best.shape[0], device=best.device)[:, None] < frames[None, :]
+    return best.masked_fill(~inside, 0.0).sum(dim=0)
+
+
 def rescaled(line: torch.Tensor, scale: float) -> torch.Tensor:
     """A model input ``(1, H, W)`` (ink 1, paper 0) with its writing ``scale`` times as
     large: ``(1, H, round(W * scale))``, cut about its middle rows, or padded there with
@@ -238,12 +246,10 @@ class Recognizer:
                 progress and f"{progress} x{scale:g}",
             ):  # log_probs (T, B, K)
                 seconds += network_seconds
-                best = log_probs.max(dim=-1).values  # (T, B)
-                for b, index in enumerate(batch):
-                    count = int(frames[b])
-                    score = float(best[:count, b].sum())
+                scores = best_path_log_probabilities(log_probs, frames).tolist()
+                for b, (index, score) in enumerate(zip(batch, scores, strict=True)):
                     if score > kept[index][0]:
-                        kept[index] = (score, log_probs[:count, b].clone())  # (T_i, K)
+                        kept[index] = (score, log_probs[: int(frames[b]), b].clone())  # (T_i, K)
         order = sorted(range(len(widths)), key=lambda i: kept[i][1].shape[0])
         size = self.params.evaluate.batch_size
         for start in range(0, len(order), size):
