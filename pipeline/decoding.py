@@ -37,6 +37,11 @@ class Decoder(Protocol):
 
     def __call__(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[Hypothesis]: ...
 
+    def prior(self, text: str) -> float:
+        """What the decoder adds to a text's log-probability under the network when it
+        scores it: the language model's term for ``beam_lm``, 0 for the others."""
+        ...
+
 
 class GreedyDecoder:
     name = "greedy"
@@ -46,6 +51,9 @@ class GreedyDecoder:
 
     def __call__(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[Hypothesis]:
         return greedy_decode(log_probs, lengths, self.charset)
+
+    def prior(self, text: str) -> float:
+        return 0.0
 
 
 class BeamDecoder:
@@ -98,6 +106,11 @@ class BeamDecoder:
                 log_add=True,  # sum the paths of a prefix (true prefix beam search), not max
             )
         return self._flashlight
+
+    def prior(self, text: str) -> float:
+        if self.lm is None:
+            return 0.0
+        return self.lm.beam_score(text, self.lm_weight, self.lm_char_bonus, self.lm_word_bonus)
 
     def __call__(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[Hypothesis]:
         time, batch, classes = log_probs.shape

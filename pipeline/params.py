@@ -368,8 +368,8 @@ class EvaluateParams:
     lm_weight: float  # beam_lm: weight of the character LM's log-prob
     lm_char_bonus: float  # beam_lm: log-prob bonus per character (balances the LM's pull to short)
     lm_word_bonus: float  # beam_lm: log-prob bonus per completed word that training text holds
-    # Each line read at these sizes (1.0: as stored), keeping per line the version whose best
-    # path the network finds likeliest (Recognizer.kept_emissions); (1.0,): read once
+    # Each line read at these sizes (1.0: as stored) by every decoder, keeping per line the
+    # text the versions together find likeliest (recognizer.joint_choice); (1.0,): read once
     scales: tuple[float, ...]
 
     def __post_init__(self) -> None:

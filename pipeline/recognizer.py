@@ -51,7 +51,9 @@ class Reading:
     # P(text | line) by the network (all CTC alignments), as a geometric mean per frame: the
     # same scale for every decoder (a beam_lm score carries the LM and its bonus)
     confidence: float
-    score: float  # the decoder's own log score: best path (greedy), beam score (beam, beam_lm)
+    # the decoder's own log score: best path (greedy), beam score (beam, beam_lm); read at
+    # several sizes, the text's joint score per version (``joint_choice``)
+    score: float
     frames: int  # CTC frames the network gave the line
 
 
@@ -74,6 +76,42 @@ def text_log_likelihoods(
     return (-losses).tolist()
 
 
+# Lines whose versions (every size of ``evaluate.scales``) are held at once for the choice:
+# about 350 kB a line at five sizes (frames x classes floats each)
+LINES_PER_CHOICE = 512
+
+
+def joint_choice(
+    versions: Sequence[tuple[Reading, torch.Tensor]], decoder: Decoder, charset: Charset
+) -> Reading:
+    """One line read at several sizes: each version's reading by ``decoder`` and its
+    ``log_probs (T_v, K)``, the line as stored first. Of the texts read, the one kept has the
+    largest log P(text | version) summed over all the versions (CTC, every alignment), plus
+    the decoder's own prior (``beam_lm``: the LM's term) once per version: the versions'
+    evidence pooled, which no single version's frames need to line up with. The reading's
+    confidence is per frame over all the versions' frames, its score that sum over the
+    versions' count, its frames the stored line's."""
+    candidates = sorted({reading.text for reading, _ in versions})
+    totals = [0.0] * len(candidates)
+    for _, log_probs in versions:
+        frames = torch.full((len(candidates),), log_probs.shape[0], dtype=torch.long)
+        expanded = log_probs[:, None].expand(-1, len(candidates), -1)  # (T_v, C, K)
+        for c, likelihood in enumerate(text_log_likelihoods(expanded, frames, candidates, charset)):
+            totals[c] += likelihood
+    scores = [
+        total + len(versions) * decoder.prior(text)
+        for total, text in zip(totals, candidates, strict=True)
+    ]
+    best = max(range(len(candidates)), key=scores.__getitem__)
+    all_frames = sum(log_probs.shape[0] for _, log_probs in versions)
+    return Reading(
+        candidates[best],
+        per_frame(totals[best], all_frames),
+        scores[best] / len(versions),
+        versions[0][0].frames,
+    )
+
+
 @dataclass(frozen=True)
 class Readings:
     """Lines read by several decoders from one network pass, and the seconds of each step
@@ -81,14 +119,6 @@ class Readings:
 
     by_decoder: dict[str, list[Reading]]
     seconds: dict[str, float]
-
-
-def best_path_log_probabilities(log_probs: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
-    """``log_probs (T, B, K)``, ``frames (B,)`` -> ``(B,)`` each line's best path's
-    log-probability: its largest log-probability summed over its own frames."""
-    best = log_probs.max(dim=-1).values  # (T, B)
-    inside = torch.arange(best.shape[0], device=best.device)[:, None] < frames[None, :]
-    return best.masked_fill(~inside, 0.0).sum(dim=0)
 
 
 def rescaled(line: torch.Tensor, scale: float) -> torch.Tensor:
@@ -223,42 +253,6 @@ class Recognizer:
                     torch.cuda.synchronize()
                 yield batch, log_probs, frames, time.perf_counter() - start
 
-    def kept_emissions(
-        self,
-        line: Callable[[int], torch.Tensor],
-        widths: Sequence[int],
-        progress: str | None = None,
-    ) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor, float]]:
-        """``emissions``, with each line read at every size of ``evaluate.scales``
-        (``rescaled``) and, per line, the version kept whose best path the network finds
-        likeliest (its largest log-probability summed over its frames); batches of lines of
-        similar frame counts, the network's seconds all with the first."""
-        scales = self.params.evaluate.scales
-        if scales == (1.0,):
-            yield from self.emissions(line, widths, progress)
-            return
-        kept: list[tuple[float, torch.Tensor]] = [(-math.inf, torch.empty(0))] * len(widths)
-        seconds = 0.0
-        for scale in scales:
-            for batch, log_probs, frames, network_seconds in self.emissions(
-                lambda i, s=scale: rescaled(line(i), s),
-                [max(1, round(width * scale)) for width in widths],
-                progress and f"{progress} x{scale:g}",
-            ):  # log_probs (T, B, K)
-                seconds += network_seconds
-                scores = best_path_log_probabilities(log_probs, frames).tolist()
-                for b, (index, score) in enumerate(zip(batch, scores, strict=True)):
-                    if score > kept[index][0]:
-                        kept[index] = (score, log_probs[: int(frames[b]), b].clone())  # (T_i, K)
-        order = sorted(range(len(widths)), key=lambda i: kept[i][1].shape[0])
-        size = self.params.evaluate.batch_size
-        for start in range(0, len(order), size):
-            batch = order[start : start + size]
-            chosen = [kept[i][1] for i in batch]
-            log_probs = torch.nn.utils.rnn.pad_sequence(chosen)  # (T, B, K), 0 past a line's end
-            frames = torch.tensor([c.shape[0] for c in chosen], device=log_probs.device)
-            yield batch, log_probs, frames, seconds if start == 0 else 0.0
-
     def read_lines(
         self,
         line: Callable[[int], torch.Tensor],
@@ -266,25 +260,67 @@ class Recognizer:
         decoders: Sequence[str],
         progress: str | None = None,
     ) -> Readings:
-        """Lines ``line(i)`` read by the network (``kept_emissions``: once, or at each of
-        ``evaluate.scales``) and decoded by each of ``decoders``: per decoder, the readings in
-        index order; and the seconds of each step (``model``, then one per decoder)."""
+        """Lines ``line(i)`` read by the network and decoded by each of ``decoders``: per
+        decoder, the readings in index order; and the seconds of each step (``model``, then
+        one per decoder). With ``evaluate.scales`` beyond ``[1.0]``, each line is read at
+        every size (``rescaled``) and each decoder reads every version; of the texts it
+        found, the one kept is the likeliest under all versions together (``joint_choice``)."""
         unknown = [name for name in decoders if name not in self.decoders]
         if unknown:
             hint = " (it needs a character LM: lm=...)" if "beam_lm" in unknown else ""
             raise PipelineError(
                 f"no decoder {', '.join(unknown)}{hint}; have {', '.join(self.decoders)}"
             )
-        found: dict[str, list] = {name: [None] * len(widths) for name in decoders}
         seconds: dict[str, float] = defaultdict(float)
-        for batch, log_probs, frames, network_seconds in self.kept_emissions(
-            line, widths, progress
-        ):
+        # the line as stored first: its frames are the ones a reading reports
+        scales = (1.0, *[scale for scale in self.params.evaluate.scales if scale != 1.0])
+        if scales == (1.0,):
+            read = self._decoded(line, widths, decoders, seconds, progress, keep=False)
+            return Readings({name: read[name] for name in decoders}, seconds)
+        found: dict[str, list] = {name: [None] * len(widths) for name in decoders}
+        # lines in chunks, so that the versions held for the choice stay a bounded memory
+        for first in range(0, len(widths), LINES_PER_CHOICE):
+            chunk = range(first, min(first + LINES_PER_CHOICE, len(widths)))
+            versions = [
+                self._decoded(
+                    lambda j, s=scale, c=chunk: rescaled(line(c[j]), s),
+                    [max(1, round(widths[i] * scale)) for i in chunk],
+                    decoders,
+                    seconds,
+                    progress and f"{progress} x{scale:g}",
+                    keep=True,
+                )
+                for scale in scales
+            ]
+            for name in decoders:
+                start = time.perf_counter()
+                for j, index in enumerate(chunk):
+                    read = [(version[name][j], version["emissions"][j]) for version in versions]
+                    found[name][index] = joint_choice(read, self.decoders[name], self.charset)
+                seconds[name] += time.perf_counter() - start
+        return Readings(found, seconds)
+
+    def _decoded(
+        self,
+        line: Callable[[int], torch.Tensor],
+        widths: Sequence[int],
+        decoders: Sequence[str],
+        seconds: dict[str, float],
+        progress: str | None,
+        keep: bool,
+    ) -> dict[str, list]:
+        """Lines read once by the network and each decoder: per decoder its readings in
+        index order, and with ``keep`` under ``"emissions"`` each line's ``log_probs (T_i,
+        K)`` on the CPU; the seconds of each step added to ``seconds``."""
+        read: dict[str, list] = {name: [None] * len(widths) for name in [*decoders, "emissions"]}
+        for batch, log_probs, frames, network_seconds in self.emissions(line, widths, progress):
             seconds["model"] += network_seconds
             frame_counts = frames.tolist()
             # one copy per batch, for every decoder (the beam searches run on the CPU) and for
             # scoring their texts (a no-op on the CPU)
             cpu_log_probs, cpu_frames = log_probs.float().cpu(), frames.cpu()
+            for b, (index, count) in enumerate(zip(batch, frame_counts, strict=True)):
+                read["emissions"][index] = cpu_log_probs[:count, b].clone() if keep else None
             for name in decoders:
                 start = time.perf_counter()
                 hypotheses = self.decoders[name](cpu_log_probs, cpu_frames)
@@ -295,7 +331,7 @@ class Recognizer:
                 for index, hypothesis, count, likelihood in zip(
                     batch, hypotheses, frame_counts, likelihoods, strict=True
                 ):
-                    found[name][index] = Reading(
+                    read[name][index] = Reading(
                         hypothesis.text, per_frame(likelihood, count), hypothesis.score, count
                     )
-        return Readings(found, seconds)
+        return read

@@ -160,6 +160,7 @@ def test_build_decoders_adds_beam_lm_with_a_language_model(tiny_params):
     assert set(decoders) == {"greedy", "beam", "beam_lm"}
     assert decoders["beam_lm"].lm_weight == tiny_params.evaluate.lm_weight
     assert decoders["beam_lm"].lm_word_bonus == tiny_params.evaluate.lm_word_bonus
+    assert decoders["greedy"].prior("abc") == decoders["beam"].prior("abc") == 0.0
 
 
 def test_words_are_runs_of_letters_looked_up_in_lower_case():
@@ -222,6 +223,8 @@ def test_the_beam_adds_what_beam_score_says_for_a_whole_text(bonuses):
     assert lm.known_words("ab ba") == 2
     expected = lm.beam_score("ab ba", weight, char_bonus, word_bonus)
     assert hypothesis.score == pytest.approx(expected, abs=1e-3)
+    # what the joint choice over several sizes adds per version (recognizer.joint_choice)
+    assert decoder.prior("ab ba") == pytest.approx(hypothesis.score, abs=1e-3)
 
 
 def test_a_language_model_file_keeps_its_words_and_an_old_one_is_refused(tmp_path):

@@ -13,7 +13,7 @@ from PIL import Image
 
 from pipeline.charset import Charset
 from pipeline.errors import PipelineError
-from pipeline.recognizer import Recognizer, per_frame, rescaled
+from pipeline.recognizer import Reading, Recognizer, joint_choice, per_frame, rescaled
 from tests.conftest import png_bytes
 
 LETTERS = "abcdefghij"
@@ -144,36 +144,79 @@ def test_rescaled_lines_keep_their_height_and_their_writing_at_the_middle():
     assert rescaled(line, 1.0) is line
 
 
-class ChoosyReader(WidthSpeller):
-    """WidthSpeller, sure of every frame (0.99) only for lines ``favourite`` px wide, of
-    none (0.6) for the rest."""
+class OneFrameVoter(torch.nn.Module):
+    """Stands in for the CRNN: one frame per line, P(a) and P(b) on it set by the line's
+    width (``votes``), the blank all but impossible; so P("a" | line) is exactly P(a)."""
 
-    def __init__(self, height: int, favourite: int) -> None:
-        super().__init__(height)
-        self.favourite = favourite
+    def __init__(self, height: int, votes: dict[int, float]) -> None:
+        super().__init__()
+        self.config = SimpleNamespace(architecture=SimpleNamespace(height=height))
+        self.votes = votes  # width -> P(a); P(b) = 1 - P(a)
 
-    def forward(self, images: torch.Tensor, widths: torch.Tensor):
-        log_probs, _ = super().forward(images, widths)  # (T, B, K), best class log(SURE)
+    def output_lengths(self, widths: torch.Tensor) -> torch.Tensor:
+        return torch.ones_like(widths)
+
+    def forward(self, images: torch.Tensor, widths: torch.Tensor):  # (B, 1, H, W)
+        log_probs = torch.full((1, len(widths), 3), -30.0)  # (T, B, K): blank, a, b
         for b, width in enumerate(widths.tolist()):
-            sure = 0.99 if width == self.favourite else 0.6
-            other = math.log((1 - sure) / (log_probs.shape[-1] - 1))
-            log_probs[:, b] = torch.where(log_probs[:, b] == math.log(SURE), math.log(sure), other)
+            log_probs[0, b, 1] = math.log(self.votes[width])
+            log_probs[0, b, 2] = math.log(1 - self.votes[width])
         return log_probs, None
 
 
-def test_lines_read_at_several_sizes_keep_the_version_the_network_is_surest_of(tiny_params):
-    """evaluate.scales: each line read at every size, and the version whose best path is
-    likeliest kept (its text tells which: WidthSpeller spells the width)."""
-    evaluate = dataclasses.replace(tiny_params.evaluate, batch_size=2, scales=(1.0, 2.0))
+class Prefers(SimpleNamespace):
+    """A decoder's prior alone (what ``joint_choice`` asks of it): ``bonus`` for ``text``."""
+
+    def prior(self, text: str) -> float:
+        return self.bonus if text == self.text else 0.0
+
+
+def _voter_recognizer(tiny_params, votes: dict[int, float], scales) -> Recognizer:
+    evaluate = dataclasses.replace(tiny_params.evaluate, batch_size=2, scales=scales)
     params = dataclasses.replace(tiny_params, evaluate=evaluate)
-    network = ChoosyReader(32, favourite=120)
-    recognizer = Recognizer(network, Charset(tuple(LETTERS)), params, torch.device("cpu"))
-    lines = [torch.zeros(1, 32, width) for width in (60, 120, 40)]
-    read = recognizer.read_lines(lambda i: lines[i], [60, 120, 40], ["greedy"])
-    # 60 px read at twice its size is 120 px wide, the favourite: "c" over 60 frames, as the
-    # 120 px line as stored; 40 px lines are read no surer either way, and as stored the
-    # best path is likelier (20 frames of 0.6 against 40)
+    return Recognizer(OneFrameVoter(32, votes), Charset(("a", "b")), params, torch.device("cpu"))
+
+
+def test_lines_read_at_several_sizes_keep_the_text_all_versions_find_likeliest(
+    tiny_params, monkeypatch
+):
+    """evaluate.scales: every version read by the decoder, and of the texts read the one
+    with the largest P(text | version) multiplied over the versions. A 10 px line read at
+    1.0 / 1.5 / 2.0 (10, 15, 20 px): P(a) 0.65, 0.65, 0.3. The surest version (P(b) 0.7 at
+    20 px) and the majority of none decide: "a" has 0.65 x 0.65 x 0.3 = 0.127 against "b"'s
+    0.35 x 0.35 x 0.7 = 0.086. A 12 px line's versions (12, 18, 24 px) all say "b"."""
+    votes = {10: 0.65, 15: 0.65, 20: 0.3, 12: 0.2, 18: 0.4, 24: 0.1}
+    monkeypatch.setattr("pipeline.recognizer.LINES_PER_CHOICE", 2)  # chunks of 2, 1 lines
+    recognizer = _voter_recognizer(tiny_params, votes, (2.0, 1.0, 1.5))
+    lines = [torch.zeros(1, 32, width) for width in (10, 12, 10)]
+    read = recognizer.read_lines(lambda i: lines[i], [10, 12, 10], ["greedy"])
     readings = read.by_decoder["greedy"]
-    assert [(r.text, r.frames) for r in readings] == [("c", 60), ("c", 60), ("e", 20)]
-    stored_only = _recognizer(tiny_params).read_lines(lambda i: lines[i], [60, 120, 40], ["greedy"])
-    assert [r.text for r in stored_only.by_decoder["greedy"]] == ["g", "c", "e"]
+    assert [(r.text, r.frames) for r in readings] == [("a", 1), ("b", 1), ("a", 1)]
+    # confidence: per frame over the three versions' frames; score: the joint log-prob per
+    # version (greedy adds no prior)
+    assert readings[0].confidence == pytest.approx((0.65 * 0.65 * 0.3) ** (1 / 3), rel=1e-5)
+    assert readings[0].score == pytest.approx(math.log(0.65 * 0.65 * 0.3) / 3, rel=1e-5)
+    assert readings[1].confidence == pytest.approx((0.8 * 0.6 * 0.9) ** (1 / 3), rel=1e-5)
+    # read once, the 10 px line is "a" too, but from its own frame alone
+    once = _voter_recognizer(tiny_params, votes, (1.0,))
+    alone = once.read_lines(lambda i: lines[i], [10, 12, 10], ["greedy"]).by_decoder["greedy"]
+    assert [r.text for r in alone] == ["a", "b", "a"]
+    assert [r.confidence for r in alone] == pytest.approx([0.65, 0.8, 0.65], rel=1e-5)
+
+
+def test_the_joint_choice_adds_the_decoders_prior_once_per_version():
+    """beam_lm's LM term enters the choice as it enters each version's search: once per
+    version. Versions of one frame, P(a) 0.65, 0.65, 0.3 (read "a", "a", "b"): a prior of
+    0.3 for "b" per version (0.9 over three) outweighs "a"'s lead of log(0.127 / 0.086) =
+    0.39; one of 0.1 (0.3 over three) does not."""
+    versions = []
+    for vote in (0.65, 0.65, 0.3):
+        log_probs = torch.tensor([[-30.0, math.log(vote), math.log(1 - vote)]])  # (T, K)
+        text = "a" if vote > 0.5 else "b"
+        versions.append((Reading(text, max(vote, 1 - vote), 0.0, 1), log_probs))
+    charset = Charset(("a", "b"))
+    strong = joint_choice(versions, Prefers(text="b", bonus=0.3), charset)
+    assert strong.text == "b"
+    assert strong.score == pytest.approx((math.log(0.35 * 0.35 * 0.7) + 0.9) / 3, rel=1e-5)
+    assert strong.confidence == pytest.approx((0.35 * 0.35 * 0.7) ** (1 / 3), rel=1e-5)
+    assert joint_choice(versions, Prefers(text="b", bonus=0.1), charset).text == "a"
