@@ -275,13 +275,13 @@ class Recognizer:
         # the line as stored first: its frames are the ones a reading reports
         scales = (1.0, *[scale for scale in self.params.evaluate.scales if scale != 1.0])
         if scales == (1.0,):
-            read = self._decoded(line, widths, decoders, seconds, progress, keep=False)
-            return Readings({name: read[name] for name in decoders}, seconds)
+            readings, _ = self._decoded(line, widths, decoders, seconds, progress, keep=False)
+            return Readings(readings, seconds)
         found: dict[str, list] = {name: [None] * len(widths) for name in decoders}
         # lines in chunks, so that the versions held for the choice stay a bounded memory
         for first in range(0, len(widths), LINES_PER_CHOICE):
             chunk = range(first, min(first + LINES_PER_CHOICE, len(widths)))
-            versions = [
+            versions = [  # per size: (readings by decoder, each line's log_probs)
                 self._decoded(
                     lambda j, s=scale, c=chunk: rescaled(line(c[j]), s),
                     [max(1, round(widths[i] * scale)) for i in chunk],
@@ -295,7 +295,7 @@ class Recognizer:
             for name in decoders:
                 start = time.perf_counter()
                 for j, index in enumerate(chunk):
-                    read = [(version[name][j], version["emissions"][j]) for version in versions]
+                    read = [(readings[name][j], emissions[j]) for readings, emissions in versions]
                     found[name][index] = joint_choice(read, self.decoders[name], self.charset)
                 seconds[name] += time.perf_counter() - start
         return Readings(found, seconds)
@@ -308,19 +308,21 @@ class Recognizer:
         seconds: dict[str, float],
         progress: str | None,
         keep: bool,
-    ) -> dict[str, list]:
+    ) -> tuple[dict[str, list[Reading]], list[torch.Tensor]]:
         """Lines read once by the network and each decoder: per decoder its readings in
-        index order, and with ``keep`` under ``"emissions"`` each line's ``log_probs (T_i,
-        K)`` on the CPU; the seconds of each step added to ``seconds``."""
-        read: dict[str, list] = {name: [None] * len(widths) for name in [*decoders, "emissions"]}
+        index order, and with ``keep`` each line's ``log_probs (T_i, K)`` on the CPU (else
+        none); the seconds of each step added to ``seconds``."""
+        readings: dict[str, list] = {name: [None] * len(widths) for name in decoders}
+        emissions: list = [None] * len(widths) if keep else []
         for batch, log_probs, frames, network_seconds in self.emissions(line, widths, progress):
             seconds["model"] += network_seconds
             frame_counts = frames.tolist()
             # one copy per batch, for every decoder (the beam searches run on the CPU) and for
             # scoring their texts (a no-op on the CPU)
             cpu_log_probs, cpu_frames = log_probs.float().cpu(), frames.cpu()
-            for b, (index, count) in enumerate(zip(batch, frame_counts, strict=True)):
-                read["emissions"][index] = cpu_log_probs[:count, b].clone() if keep else None
+            if keep:
+                for b, (index, count) in enumerate(zip(batch, frame_counts, strict=True)):
+                    emissions[index] = cpu_log_probs[:count, b].clone()  # (T_i, K)
             for name in decoders:
                 start = time.perf_counter()
                 hypotheses = self.decoders[name](cpu_log_probs, cpu_frames)
@@ -331,7 +333,7 @@ class Recognizer:
                 for index, hypothesis, count, likelihood in zip(
                     batch, hypotheses, frame_counts, likelihoods, strict=True
                 ):
-                    read[name][index] = Reading(
+                    readings[name][index] = Reading(
                         hypothesis.text, per_frame(likelihood, count), hypothesis.score, count
                     )
-        return read
+        return readings, emissions
