@@ -42,8 +42,8 @@ PRETRAINED = {"train.init_from": str(ROOT / "models" / "pretrained.ckpt")}
 # Since the language model is Kneser-Ney, the recipe decodes with params.yaml's (7-gram,
 # weight 0.5, bonus 1.5); the recipe rows before set the Witten-Bell 5-gram's weight 0.5,
 # bonus 2.0 (each row in results/real.json records the overrides it ran with).
-# Since c0ab5c6 it reads each line at five sizes (evaluate.scales, the versions pooled):
-# every row before read each line once, as stored.
+# Since c0ab5c6 it reads each line at five sizes (evaluate.scales, the versions pooled; set by
+# REAL_RECIPE, then params.yaml's default): every row before read each line once, as stored.
 RECIPE = makefile_overrides("REAL_RECIPE")
 # The recipe in one training process with early stopping (params.yaml's patience of 4 then), as
 # every row up to recipe-e26-seed2 ran it (with 22 epochs until recipe-e26; results/real.json

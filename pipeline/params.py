@@ -417,12 +417,13 @@ class Params:
 
     def __post_init__(self) -> None:
         # The widest line pull lets through must fit a batch on its own, at the model height,
-        # in training as the augmentation may widen it.
+        # in training as the augmentation may widen it, in reading at the largest size.
         height = self.model.architecture.height
         widest = math.ceil(self.data.max_aspect_ratio * height)
-        for section, width in (
-            ("train", self.augment.widest_output(widest, height)),
-            ("evaluate", math.ceil(widest * max(self.evaluate.scales))),
+        largest = max(self.evaluate.scales)
+        for section, width, how in (
+            ("train", self.augment.widest_output(widest, height), "once augmented"),
+            ("evaluate", math.ceil(widest * largest), f"read {largest:g}x as large"),
         ):
             budget = getattr(self, section).max_batch_pixels
             _require(
@@ -430,7 +431,7 @@ class Params:
                 f"{section}.max_batch_pixels",
                 f"{budget} cannot hold the widest legal line: data.max_aspect_ratio "
                 f"{self.data.max_aspect_ratio:g} x {height} px high = {widest} px"
-                + (f", {width} px once augmented" if width != widest else ""),
+                + (f", {width} px {how}" if width != widest else ""),
             )
 
 

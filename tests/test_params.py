@@ -131,7 +131,7 @@ def test_a_batch_budget_must_hold_the_widest_legal_line_as_augmented():
     def budgets(train: int, evaluate: int, stretch: bool):
         def mutate(m):
             m["train"]["max_batch_pixels"] = train
-            m["evaluate"]["max_batch_pixels"] = evaluate
+            m["evaluate"].update(max_batch_pixels=evaluate, scales=[1.0])
             m["augment"].update(stretch=stretch, stretch_amount=0.25)
 
         return mutate
@@ -160,4 +160,4 @@ def test_reading_sizes_must_hold_the_line_as_stored_and_stay_in_range():
     # a line read 1.25x as large is 1.25x as wide: the widest legal one must still fit
     widest = 60 * 32  # data.max_aspect_ratio x the cpu preset's height
     error = _error(lambda m: m["evaluate"].update(scales=[1.0, 1.25], max_batch_pixels=widest * 32))
-    assert "evaluate.max_batch_pixels" in error
+    assert "evaluate.max_batch_pixels" in error and "2400 px read 1.25x as large" in error
