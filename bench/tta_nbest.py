@@ -13,37 +13,24 @@ Measured on poilus-b1 and the embedded lines: README, "Training on real handwrit
 
 from __future__ import annotations
 
-import functools
-import math
-
 import torch
-import torchaudio.models.decoder
 from _runs import read_split_from_args  # bench/ is on the path of its scripts
 from torchmetrics.functional.text import char_error_rate
 
-from pipeline.charset import BLANK_ID
+from pipeline.decoding import BeamDecoder, build_decoders
 from pipeline.recognizer import Reading, joint_choice, rescaled
 
 DEPTHS = (1, 2, 3, 5, 8)
 SETS = [(1.0,), (1.0, 0.9, 1.1), (1.0, 0.8, 0.9, 1.1, 1.25)]  # the line as stored first
 
-# The recognizer's beam decoders build their flashlight search on first use: built from
-# here, it keeps the deepest n-best list (pipeline/decoding.py asks for 1; the rest as is)
-_ctc_decoder = torchaudio.models.decoder.ctc_decoder
-
-
-@functools.wraps(_ctc_decoder)
-def _deepest_ctc_decoder(*args, **kwargs):
-    return _ctc_decoder(*args, **{**kwargs, "nbest": max(DEPTHS)})
-
-
-torchaudio.models.decoder.ctc_decoder = _deepest_ctc_decoder
-
 
 def main() -> None:
     recognizer, dataset = read_split_from_args(__doc__)
     truths, n = dataset.texts, len(dataset)
-    searches = {name: d for name, d in recognizer.decoders.items() if name != "greedy"}
+    # the recognizer's beam decoders, each keeping its deepest n-best list
+    lm = getattr(recognizer.decoders.get("beam_lm"), "lm", None)
+    deep = build_decoders(recognizer.charset, recognizer.params.evaluate, lm, depth=max(DEPTHS))
+    searches = {name: d for name, d in deep.items() if isinstance(d, BeamDecoder)}
     scales = sorted({scale for scales in SETS for scale in scales})
     # per scale: each line's log_probs (T_i, K) and, per decoder, its n best texts
     emissions = {s: [torch.empty(0)] * n for s in scales}
@@ -53,22 +40,12 @@ def main() -> None:
         for indices, log_probs, frames, _ in recognizer.emissions(
             lambda i, s=scale: rescaled(dataset[i]["image"], s), widths, progress=f"x{scale}"
         ):  # log_probs (T, B, K)
-            time, batch, classes = log_probs.shape
             counts = frames.tolist()
             for b, i in enumerate(indices):
                 emissions[scale][i] = log_probs[: counts[b], b].clone()
-            # flashlight's layout and its never-emitted silence column, as BeamDecoder builds
-            silence = torch.full((time, batch, 1), -math.inf)
-            flashlight = torch.cat([log_probs.float(), silence], -1).transpose(0, 1).contiguous()
             for name, decoder in searches.items():
-                results = decoder._decoder()(flashlight, frames.to(torch.int32))
-                for b, i in enumerate(indices):
-                    found[scale][name][i] = [
-                        recognizer.charset.decode(
-                            [int(t) for t in h.tokens if int(t) not in (classes, BLANK_ID)]
-                        )
-                        for h in results[b]
-                    ]
+                for i, hypotheses in zip(indices, decoder.nbest(log_probs, frames), strict=True):
+                    found[scale][name][i] = [h.text for h in hypotheses]
 
     def cer(texts: list[str]) -> str:
         return f"{float(char_error_rate(texts, truths)):.4f}"

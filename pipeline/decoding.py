@@ -70,6 +70,7 @@ class BeamDecoder:
         lm_weight: float = 0.0,
         lm_char_bonus: float = 0.0,
         lm_word_bonus: float = 0.0,
+        depth: int = 1,
     ) -> None:
         self.charset = charset
         self.beam_width = beam_width
@@ -79,6 +80,7 @@ class BeamDecoder:
         self.lm_weight = lm_weight
         self.lm_char_bonus = lm_char_bonus
         self.lm_word_bonus = lm_word_bonus
+        self.depth = depth  # texts ``nbest`` keeps per line (flashlight's nbest)
         self.name = "beam" if lm is None else "beam_lm"
         self._flashlight = None
 
@@ -97,7 +99,7 @@ class BeamDecoder:
                 tokens=tokens,
                 lm=lm,
                 lm_weight=self.lm_weight,
-                nbest=1,
+                nbest=self.depth,
                 beam_size=self.beam_width,
                 beam_size_token=self.beam_size_token or None,
                 beam_threshold=self.beam_threshold,
@@ -112,29 +114,36 @@ class BeamDecoder:
             return 0.0
         return self.lm.beam_score(text, self.lm_weight, self.lm_char_bonus, self.lm_word_bonus)
 
-    def __call__(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[Hypothesis]:
+    def nbest(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[list[Hypothesis]]:
+        """Each line's ``depth`` best texts, best first (fewer where the search found fewer):
+        ``log_probs (T, B, K)``, ``lengths (B,)``."""
         time, batch, classes = log_probs.shape
         silence = torch.full((time, batch, 1), -math.inf, dtype=torch.float32)
         emissions = torch.cat([log_probs.detach().float().cpu(), silence], dim=-1)  # (T, B, K + 1)
         emissions = emissions.transpose(0, 1).contiguous()  # (B, T, K + 1): flashlight's layout
         results = self._decoder()(emissions, lengths.detach().cpu().to(torch.int32))
         silence_id = classes
-        hypotheses = []
-        for nbest in results:
-            best = nbest[0]
-            ids = [int(i) for i in best.tokens if int(i) not in (silence_id, BLANK_ID)]
-            hypotheses.append(Hypothesis(self.charset.decode(ids), float(best.score)))
-        return hypotheses
+
+        def text(tokens: torch.Tensor) -> str:
+            return self.charset.decode(
+                [int(i) for i in tokens if int(i) not in (silence_id, BLANK_ID)]
+            )
+
+        return [[Hypothesis(text(h.tokens), float(h.score)) for h in line] for line in results]
+
+    def __call__(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[Hypothesis]:
+        return [texts[0] for texts in self.nbest(log_probs, lengths)]
 
 
 def build_decoders(
-    charset: Charset, params: EvaluateParams, lm: CharNgram | None = None
+    charset: Charset, params: EvaluateParams, lm: CharNgram | None = None, depth: int = 1
 ) -> dict[str, Decoder]:
-    """greedy and beam; and beam_lm when a language model is given."""
+    """greedy and beam; and beam_lm when a language model is given. ``depth``: the texts
+    the beam decoders' ``nbest`` keeps per line (their call keeps the first)."""
     beam = (params.beam_width, params.beam_size_token, params.beam_threshold)
     decoders: dict[str, Decoder] = {
         "greedy": GreedyDecoder(charset),
-        "beam": BeamDecoder(charset, *beam),
+        "beam": BeamDecoder(charset, *beam, depth=depth),
     }
     if lm is not None:
         decoders["beam_lm"] = BeamDecoder(
@@ -144,5 +153,6 @@ def build_decoders(
             lm_weight=params.lm_weight,
             lm_char_bonus=params.lm_char_bonus,
             lm_word_bonus=params.lm_word_bonus,
+            depth=depth,
         )
     return decoders

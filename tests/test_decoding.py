@@ -83,6 +83,21 @@ def test_beam_beats_greedy_by_merging_prefixes():
     assert beam.score == pytest.approx(math.log(0.64), abs=1e-5)
 
 
+def test_nbest_lists_every_text_best_first_and_the_call_keeps_the_first(tiny_params):
+    # The two frames above hold exactly two texts: "a" (0.64) and "" (0.36); "aa" needs a
+    # blank between its letters, three frames. A depth of 3 finds those two only.
+    charset = Charset(("a",))
+    log_probs = torch.tensor([[0.6, 0.4], [0.6, 0.4]]).log()[:, None, :]  # (T, B, K)
+    lengths = torch.tensor([2])
+    decoder = BeamDecoder(charset, 5, 0, 100.0, depth=3)
+    (texts,) = decoder.nbest(log_probs, lengths)
+    assert [h.text for h in texts] == ["a", ""]
+    assert [h.score for h in texts] == pytest.approx([math.log(0.64), math.log(0.36)], abs=1e-5)
+    assert decoder(log_probs, lengths) == texts[:1]
+    deep = build_decoders(charset, tiny_params.evaluate, depth=3)
+    assert deep["beam"].depth == 3
+
+
 def test_space_is_an_ordinary_character_for_the_beam():
     greedy, beam = decode_both(emissions(" ", "a", " ", " ", "-", " "))
     assert greedy == beam == [" a  "]
