@@ -13,10 +13,13 @@ nothing needs the versions' frames to line up. Choose on validation.
     python bench/tta_select.py MODEL LINES --params RUN/params.yaml --lm RUN/lm.json
 
 Prints CER per scale alone, the kept versions' CER per set of scales, and the oracle's (per
-line the version closest to the truth: what a perfect choice would reach).
+line the version closest to the truth: what a perfect choice would reach); then the joint
+rule with its versions weighed by how sure the network is of each (``WEIGHTS``, below).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from _runs import read_split_from_args  # bench/ is on the path of its scripts
@@ -27,6 +30,8 @@ from pipeline.recognizer import Reading, joint_choice, rescaled, text_log_likeli
 SCALES = (0.8, 0.9, 1.0, 1.1, 1.25)
 SETS = [(0.9, 1.0, 1.1), (0.8, 0.9, 1.0, 1.1, 1.25), (0.8, 0.9, 1.0), (1.0, 1.1, 1.25)]
 RULES = ("mean", "sum", "ctc")  # one version kept per line; "joint" below asks them all
+# weights of the versions in the joint rule (below); "equal" is the joint rule itself
+WEIGHTS = ("equal", "frames", "soft 10", "soft 30", "soft 100", "drop 0.05", "drop 0.1", "drop 0.2")
 
 
 def main() -> None:
@@ -92,6 +97,63 @@ def main() -> None:
             ]
             oracle.append(cer(best))
         print(f"| {' / '.join(map(str, scales))} | oracle | {' | '.join(oracle)} |", flush=True)
+
+    # The joint rule with each version weighed (weights summing to the versions' count, so
+    # equal weights are "joint" itself): per version, log P(text | version) and the
+    # decoder's prior times its weight. "frames": each version weighed by 1 / its frames, so
+    # a larger version's longer sum counts no more than a smaller one's; "soft T": by
+    # exp(T x its best path's log-probability per frame), the surer version counting more;
+    # "drop D": versions whose best path per frame is more than D below the line as stored
+    # left out.
+    likelihoods: dict[tuple[str, int], dict[str, dict[float, float]]] = {}
+
+    def likelihood(name: str, i: int) -> dict[str, dict[float, float]]:
+        """log P(text | version) of each text the decoder read at any scale, per scale."""
+        if (name, i) not in likelihoods:
+            pool = sorted({texts[s][name][i] for s in SCALES})
+            table: dict[str, dict[float, float]] = {text: {} for text in pool}
+            for s in SCALES:
+                frames = torch.full((len(pool),), emissions[s][i].shape[0], dtype=torch.long)
+                expanded = emissions[s][i][:, None].expand(-1, len(pool), -1)  # (T_v, C, K)
+                found = text_log_likelihoods(expanded, frames, pool, recognizer.charset)
+                for text, value in zip(pool, found, strict=True):
+                    table[text][s] = value
+            likelihoods[name, i] = table
+        return likelihoods[name, i]
+
+    def weights(rule: str, scales: tuple[float, ...], i: int) -> list[float]:
+        sure = [sureness["mean"][s][decoders[0]][i] for s in scales]  # best path per frame
+        if rule == "equal":
+            raw = [1.0] * len(scales)
+        elif rule == "frames":
+            raw = [1.0 / emissions[s][i].shape[0] for s in scales]
+        elif rule.startswith("soft"):
+            top = max(sure)
+            raw = [math.exp(float(rule.split()[1]) * (value - top)) for value in sure]
+        else:  # drop D
+            stored = sure[scales.index(1.0)]
+            raw = [float(value >= stored - float(rule.split()[1])) for value in sure]
+        return [len(scales) * w / sum(raw) for w in raw]
+
+    def weighted_texts(scales: tuple[float, ...], name: str, rule: str) -> list[str]:
+        chosen = []
+        for i in range(n):
+            table, w = likelihood(name, i), weights(rule, scales, i)
+            pool = sorted({texts[s][name][i] for s in scales})
+            prior = recognizer.decoders[name].prior
+            score = [
+                sum(wv * table[t][s] for wv, s in zip(w, scales, strict=True)) + sum(w) * prior(t)
+                for t in pool
+            ]
+            chosen.append(pool[max(range(len(pool)), key=score.__getitem__)])
+        return chosen
+
+    print(f"| scales | joint, weighed by | {' | '.join(decoders)} |")
+    print(f"|---|---|{'---|' * len(decoders)}")
+    for scales in SETS:
+        for rule in WEIGHTS:
+            row = [cer(weighted_texts(scales, d, rule)) for d in decoders]
+            print(f"| {' / '.join(map(str, scales))} | {rule} | {' | '.join(row)} |", flush=True)
 
 
 def best_path_log_probabilities(log_probs: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
