@@ -115,10 +115,14 @@ def joint_choice(
 @dataclass(frozen=True)
 class Readings:
     """Lines read by several decoders from one network pass, and the seconds of each step
-    (``model``: the network; one entry per decoder)."""
+    (``model``: the network; one entry per decoder). ``as_stored``: each decoder's readings
+    of the line as stored, read once (with ``evaluate.scales`` beyond ``[1.0]``, the version
+    the joint choice started from; else ``by_decoder`` itself), so that what the other sizes
+    bought can be measured on the same pass."""
 
     by_decoder: dict[str, list[Reading]]
     seconds: dict[str, float]
+    as_stored: dict[str, list[Reading]]
 
 
 def rescaled(line: torch.Tensor, scale: float) -> torch.Tensor:
@@ -276,8 +280,9 @@ class Recognizer:
         scales = (1.0, *[scale for scale in self.params.evaluate.scales if scale != 1.0])
         if scales == (1.0,):
             readings, _ = self._decoded(line, widths, decoders, seconds, progress, keep=False)
-            return Readings(readings, seconds)
+            return Readings(readings, seconds, readings)
         found: dict[str, list] = {name: [None] * len(widths) for name in decoders}
+        as_stored: dict[str, list] = {name: [None] * len(widths) for name in decoders}
         # lines in chunks, so that the versions held for the choice stay a bounded memory
         for first in range(0, len(widths), LINES_PER_CHOICE):
             chunk = range(first, min(first + LINES_PER_CHOICE, len(widths)))
@@ -293,12 +298,13 @@ class Recognizer:
                 for scale in scales
             ]
             for name in decoders:
+                as_stored[name][first : first + len(chunk)] = versions[0][0][name]
                 start = time.perf_counter()
                 for j, index in enumerate(chunk):
                     read = [(readings[name][j], emissions[j]) for readings, emissions in versions]
                     found[name][index] = joint_choice(read, self.decoders[name], self.charset)
                 seconds[name] += time.perf_counter() - start
-        return Readings(found, seconds)
+        return Readings(found, seconds, as_stored)
 
     def _decoded(
         self,

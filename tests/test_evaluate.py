@@ -1,5 +1,6 @@
 """The evaluate stage and the predict command on a tiny checkpoint."""
 
+import dataclasses
 import io
 import json
 import subprocess
@@ -77,6 +78,22 @@ def test_evaluate_writes_metrics_predictions_and_plots(trained, tmp_path):
     assert {row["group"] for row in by_writer} <= set(params.synthetic.test_fonts)
     assert sum(row["lines"] for row in by_writer) == 4
     assert Image.open(tmp_path / "worst.png").height > 64
+
+
+def test_as_stored_holds_what_reading_each_line_once_gives(trained, tmp_path):
+    """evaluate.scales reads each line at several sizes; ``as_stored`` scores the line as
+    stored from the same pass, which must be exactly what ``scales: [1.0]`` scores."""
+    params, root = trained
+    assert len(params.evaluate.scales) > 1  # params.yaml's sizes
+    several = _evaluate(params, root, tmp_path / "several")
+    once_params = dataclasses.replace(
+        params, evaluate=dataclasses.replace(params.evaluate, scales=(1.0,))
+    )
+    once = _evaluate(once_params, root, tmp_path / "once")
+    for split in ("validation", "test"):
+        decoders = {"greedy", "beam"}
+        assert several[split]["as_stored"] == {name: once[split][name] for name in decoders}
+        assert once[split]["as_stored"] == {name: once[split][name] for name in decoders}
 
 
 def test_characters_outside_the_model_charset_are_counted_not_a_crash(trained, tmp_path):

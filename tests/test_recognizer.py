@@ -204,6 +204,11 @@ def test_lines_read_at_several_sizes_keep_the_text_all_versions_find_likeliest(
     alone = once.read_lines(lambda i: lines[i], [10, 12, 10], ["greedy"]).by_decoder["greedy"]
     assert [r.text for r in alone] == ["a", "b", "a"]
     assert [r.confidence for r in alone] == pytest.approx([0.65, 0.8, 0.65], rel=1e-5)
+    # the same pass keeps each line as stored, read once, in its order across the chunks
+    assert [r.text for r in read.as_stored["greedy"]] == ["a", "b", "a"]
+    assert [r.confidence for r in read.as_stored["greedy"]] == pytest.approx(
+        [0.65, 0.8, 0.65], rel=1e-5
+    )
 
 
 def test_the_joint_choice_adds_the_decoders_prior_once_per_version():
