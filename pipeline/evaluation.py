@@ -52,14 +52,15 @@ def quality(predictions: list[str], truths: list[str]) -> dict[str, float]:
 def split_metrics(dataset: LineDataset, read: Readings) -> dict:
     """Per decoder its quality; under ``as_stored`` the same for the lines read once as
     stored (the figures ``evaluate.scales: [1.0]`` gives), to see what the other sizes buy."""
-    metrics: dict = {
-        name: quality([r.text for r in lines], dataset.texts)
-        for name, lines in read.by_decoder.items()
-    }
-    metrics["as_stored"] = {
-        name: quality([r.text for r in lines], dataset.texts)
-        for name, lines in read.as_stored.items()
-    }
+
+    def by_decoder(readings: dict[str, list[Reading]]) -> dict:
+        return {
+            name: quality([r.text for r in lines], dataset.texts)
+            for name, lines in readings.items()
+        }
+
+    metrics: dict = by_decoder(read.by_decoder)
+    metrics["as_stored"] = by_decoder(read.as_stored)
     unknown = [dataset.charset.unknown(text) for text in dataset.texts]
     metrics["lines"] = len(dataset)
     # characters the model cannot write: counted, and (rightly) counted as errors above
