@@ -112,9 +112,10 @@ def training_parquets(source: Path, target: Path) -> Iterator[tuple[Path, Path]]
             shutil.copyfile(path, out)
 
 
-def read_split_from_args(doc: str):
+def read_split_from_args(doc: str, argv: list[str] | None = None):
     """For the test-time scripts (tta.py, tta_select.py): ``MODEL LINES [--split] [--params]
-    [--lm]`` parsed, and (the recognizer on the CPU, the split's LineDataset)."""
+    [--lm]`` parsed (from ``argv``, else the command line), and (the recognizer on the CPU,
+    the split's LineDataset)."""
     from pipeline.data import LineDataset  # torch: only for the scripts that read lines
     from pipeline.layout import PROJECT_PARAMS, LinesFolder
     from pipeline.recognizer import Recognizer
@@ -127,7 +128,7 @@ def read_split_from_args(doc: str):
     parser.add_argument("--split", default="validation")
     parser.add_argument("--params", type=Path, default=PROJECT_PARAMS, help="decoder settings")
     parser.add_argument("--lm", type=Path, help="character LM: adds the beam_lm decoder")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     recognizer = Recognizer.load(args.model, device="cpu", params=args.params, lm=args.lm)
     split = LinesFolder(args.lines).split(args.split)
     return recognizer, LineDataset(split, recognizer.charset, recognizer.height)

@@ -279,7 +279,7 @@ class Recognizer:
         # the line as stored first: its frames are the ones a reading reports
         scales = (1.0, *[scale for scale in self.params.evaluate.scales if scale != 1.0])
         if scales == (1.0,):
-            readings, _ = self._decoded(line, widths, decoders, seconds, progress, keep=False)
+            readings, _ = self.read_version(line, widths, decoders, seconds, progress, keep=False)
             return Readings(readings, seconds, readings)
         found: dict[str, list] = {name: [None] * len(widths) for name in decoders}
         as_stored: dict[str, list] = {name: [None] * len(widths) for name in decoders}
@@ -287,7 +287,7 @@ class Recognizer:
         for first in range(0, len(widths), LINES_PER_CHOICE):
             chunk = range(first, min(first + LINES_PER_CHOICE, len(widths)))
             versions = [  # per size: (readings by decoder, each line's log_probs)
-                self._decoded(
+                self.read_version(
                     lambda j, s=scale, c=chunk: rescaled(line(c[j]), s),
                     [max(1, round(widths[i] * scale)) for i in chunk],
                     decoders,
@@ -306,7 +306,7 @@ class Recognizer:
                 seconds[name] += time.perf_counter() - start
         return Readings(found, seconds, as_stored)
 
-    def _decoded(
+    def read_version(
         self,
         line: Callable[[int], torch.Tensor],
         widths: Sequence[int],
@@ -315,9 +315,10 @@ class Recognizer:
         progress: str | None,
         keep: bool,
     ) -> tuple[dict[str, list[Reading]], list[torch.Tensor]]:
-        """Lines read once by the network and each decoder: per decoder its readings in
-        index order, and with ``keep`` each line's ``log_probs (T_i, K)`` on the CPU (else
-        none); the seconds of each step added to ``seconds``."""
+        """One version of lines ``line(i)`` (as stored, or e.g. ``rescaled``) read once by
+        the network and each decoder: per decoder its readings in index order, and with
+        ``keep`` each line's ``log_probs (T_i, K)`` on the CPU (else none), what
+        ``joint_choice`` pools; the seconds of each step added to ``seconds``."""
         readings: dict[str, list] = {name: [None] * len(widths) for name in decoders}
         emissions: list = [None] * len(widths) if keep else []
         for batch, log_probs, frames, network_seconds in self.emissions(line, widths, progress):

@@ -324,3 +324,23 @@ def test_subset_copy_keeps_the_same_share_of_each_writers_lines_in_order(monkeyp
     # a: rows 0 2 3 6 -> 0 2; b: 1 5 -> 1; no writer: 4 7 8 -> 4 7 (ceil of 1.5)
     assert kept_rows(writers, 0.5) == [0, 1, 2, 4, 7]
     assert kept_rows(writers, 1.0) == list(range(9))
+
+
+def test_shear_leans_a_vertical_stroke_by_k_pixels_a_row_and_widens_the_line_to_keep_it(
+    monkeypatch,
+):
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import torch
+    from tta_shear import sheared
+
+    line = torch.zeros(1, 8, 10)  # (1, H, W): ink 1, paper 0
+    line[0, :, 4] = 1.0  # a vertical stroke in column 4
+    assert sheared(line, 0.0) is line
+    for k in (0.5, -0.5):
+        leaned = sheared(line, k)
+        assert leaned.shape == (1, 8, 14)  # W + ceil(|k| H): no ink cut at either end
+        # the stroke's centre in each row: 4.5 + 2 (half the widening) + k (row's centre - H/2),
+        # so k > 0 leans its top left; bilinear puts 3/4 of it in the nearer of two pixels
+        centres = [6.5 + k * (row + 0.5 - 4) for row in range(8)]
+        assert leaned[0].argmax(dim=1).tolist() == [round(c - 0.5) for c in centres]
+        assert torch.allclose(leaned.sum(), line.sum(), atol=1e-4)  # the ink is kept
