@@ -40,9 +40,9 @@ PRETRAINED = {"train.init_from": str(ROOT / "models" / "pretrained.ckpt")}
 # (evaluate.beam_width); every row before, h48 and french50 included, read with 10 (each
 # row records its overrides).
 # Since the language model is Kneser-Ney, the recipe decodes with params.yaml's (7-gram,
-# weight 0.5, bonus 1.5; 2.0 since the bonus was chosen again at five sizes, level on
-# poilus-b1); the recipe rows before set the Witten-Bell 5-gram's weight 0.5, bonus 2.0
-# (each row in results/real.json records the overrides it ran with).
+# weight 0.5, bonus 1.5; REAL_RECIPE sets the 1.5 since params.yaml's default became 2.0);
+# the recipe rows before set the Witten-Bell 5-gram's weight 0.5, bonus 2.0 (each row in
+# results/real.json records the overrides it ran with).
 # Since c0ab5c6 it reads each line at five sizes (evaluate.scales, the versions pooled; set by
 # REAL_RECIPE, then params.yaml's default): every row before read each line once, as stored.
 RECIPE = makefile_overrides("REAL_RECIPE")
