@@ -349,9 +349,14 @@ def run_one(
         run.pull(lines)
     model = run.train(lines)
     run.evaluate(lines, model, run.lm(lines))
-    evaluation = json.loads((run.folder / "evaluate.json").read_text())
-    speed = json.loads((run.folder / "train_speed.json").read_text())
-    trained = json.loads((run.folder / "train.json").read_text())
+    return recorded(name, overrides, data, run.folder, params)
+
+
+def recorded(name: str, overrides: dict, data: Path, folder: Path, params: dict) -> dict:
+    """A finished run's row for results/real.json, from the files its stages wrote."""
+    evaluation = json.loads((folder / "evaluate.json").read_text())
+    speed = json.loads((folder / "train_speed.json").read_text())
+    trained = json.loads((folder / "train.json").read_text())
     pretrained = Path(params["train"]["init_from"]) if params["train"]["init_from"] else None
     return {
         "name": name,
@@ -365,11 +370,17 @@ def run_one(
         "train_minutes": round(speed["fit_seconds"] / 60, 1),
         "epochs": trained["epochs"],
         "parameters": trained["parameters"],
+        # per decoder, and each line read once as stored (as_stored_<decoder>) where
+        # evaluate.json has it
         **{
-            f"{split}_{decoder}_{m}": evaluation[split][decoder][m]
+            f"{split}_{prefix}{decoder}_{m}": scores[m]
             for split in ("validation", "test")
-            for decoder in evaluation[split]
-            if isinstance(evaluation[split][decoder], dict)
+            for prefix, by_decoder in (
+                ("", evaluation[split]),
+                ("as_stored_", evaluation[split].get("as_stored", {})),
+            )
+            for decoder, scores in by_decoder.items()
+            if isinstance(scores, dict) and "cer" in scores
             for m in ("cer", "wer")
         },
     }

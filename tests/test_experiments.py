@@ -344,3 +344,28 @@ def test_shear_leans_a_vertical_stroke_by_k_pixels_a_row_and_widens_the_line_to_
         centres = [6.5 + k * (row + 0.5 - 4) for row in range(8)]
         assert leaned[0].argmax(dim=1).tolist() == [round(c - 0.5) for c in centres]
         assert torch.allclose(leaned.sum(), line.sum(), atol=1e-4)  # the ink is kept
+
+
+def test_real_bench_records_each_decoder_and_the_lines_read_as_stored(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import json
+
+    from real import recorded
+
+    def scores(cer: float) -> dict:
+        return {"cer": cer, "wer": 2 * cer, "cer_case_insensitive": cer}
+
+    split = {
+        "greedy": scores(0.3),
+        "beam": scores(0.2),
+        "as_stored": {"greedy": scores(0.35), "beam": scores(0.25)},
+        "lines": 142,
+    }
+    (tmp_path / "evaluate.json").write_text(json.dumps({"validation": split, "test": split}))
+    (tmp_path / "train_speed.json").write_text(json.dumps({"fit_seconds": 1800.0}))
+    (tmp_path / "train.json").write_text(json.dumps({"epochs": 40, "parameters": 1_200_000}))
+    row = recorded("run", {}, tmp_path, tmp_path, {"train": {"init_from": ""}})
+    assert row["train_minutes"] == 30.0 and row["pretrained_md5"] is None
+    assert row["validation_beam_cer"] == 0.2 and row["test_greedy_wer"] == 0.6
+    assert row["test_as_stored_beam_cer"] == 0.25  # a nested decoder table is not a decoder
+    assert not any(key.startswith(("validation_lines", "test_as_stored_cer")) for key in row)
