@@ -62,7 +62,9 @@ def main() -> None:
         def line(i: int, s: float = scale, k: float = shear) -> torch.Tensor:
             return sheared(rescaled(dataset[i]["image"], s), k)
 
-        widths = [line(i).shape[-1] for i in range(n)]
+        # what rescaled and sheared make of each width, without preparing the line twice
+        widening = math.ceil(abs(shear) * recognizer.height) if shear else 0
+        widths = [max(1, round(w * scale)) + widening for w in dataset.widths]
         found[scale, shear] = recognizer.read_version(
             line, widths, decoders, defaultdict(float), f"x{scale:g} shear {shear:g}", keep=True
         )
