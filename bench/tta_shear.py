@@ -51,12 +51,13 @@ def main() -> None:
     shears, rest = parser.parse_known_args()
     recognizer, dataset = read_split_from_args(__doc__, rest)
     truths, n, decoders = dataset.texts, len(dataset), list(recognizer.decoders)
-    versions = [(s, 0.0) for s in SCALES] + [
-        (1.0, sign * k) for k in shears.shears for sign in (1, -1)
-    ]
-    seconds: dict[tuple[float, float], float] = defaultdict(float)
+    # (scale, shear) pairs; the line as stored first, as the pipeline pools its versions
+    stored = [(1.0, 0.0)]
+    sizes = stored + [(s, 0.0) for s in SCALES if s != 1.0]
+    slants = [(1.0, sign * k) for k in shears.shears for sign in (1, -1)]
+    seconds: dict[tuple[float, float], float] = {}
     found = {}  # version -> (readings by decoder, each line's log_probs)
-    for scale, shear in versions:
+    for scale, shear in sizes + slants:
         start = time.perf_counter()
 
         def line(i: int, s: float = scale, k: float = shear) -> torch.Tensor:
@@ -77,17 +78,13 @@ def main() -> None:
             texts.append(joint_choice(read, recognizer.decoders[name], recognizer.charset).text)
         return f"{float(char_error_rate(texts, truths)):.4f}"
 
-    sizes = [(s, 0.0) for s in SCALES]
-    stored = [(1.0, 0.0)]
-    sizes = stored + [v for v in sizes if v != (1.0, 0.0)]  # the line as stored first
     sets = {"as stored": stored, "five sizes (the pipeline)": sizes}
     for k in shears.shears:
         pair = [(1.0, k), (1.0, -k)]
         sets[f"as stored, shears +-{k:g}"] = stored + pair
         sets[f"five sizes, shears +-{k:g}"] = sizes + pair
     if len(shears.shears) > 1:
-        every = [(1.0, sign * k) for k in shears.shears for sign in (1, -1)]
-        sets["five sizes, every shear"] = sizes + every
+        sets["five sizes, every shear"] = sizes + slants
     print(f"| versions | {' | '.join(decoders)} |")
     print(f"|---|{'---|' * len(decoders)}")
     for label, chosen in sets.items():
