@@ -68,7 +68,7 @@ def main() -> None:
         widths = [max(1, round(w * scale)) + widening for w in dataset.widths]
         found[scale, shear] = recognizer.read_version(
             line, widths, decoders, defaultdict(float), f"x{scale:g} shear {shear:g}", keep=True
-        )
+        )()
         seconds[scale, shear] = time.perf_counter() - start
 
     def joint(chosen: list[tuple[float, float]], name: str) -> str:

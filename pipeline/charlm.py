@@ -90,6 +90,10 @@ class CharNgram:
         self._discounts = [self._discount(n) for n in range(order)]
         self.log_prob = lru_cache(maxsize=1_000_000)(self._log_prob)
 
+    def __reduce__(self):
+        # pickled as what it is built from (its memo of log-probs is a bound method's cache)
+        return type(self), (self.order, self.counts, self.words)
+
     def _discount(self, length: int) -> float:
         """Ney's discount for contexts of ``length`` characters: n1 / (n1 + 2 n2)."""
         ones = twos = 0
@@ -209,39 +213,44 @@ def flashlight_lm(
 
     bonus = char_bonus / lm_weight if lm_weight else 0.0
     known_word_bonus = word_bonus / lm_weight if lm_weight else 0.0
+    # The decoder calls ``score`` a few thousand times per line, so what it needs per token
+    # is looked up once here, and its body stays a few dict and list look-ups.
+    is_char = [len(token) == 1 for token in tokens]
+    in_word = [len(token) == 1 and is_word_char(token) for token in tokens]
+    log_prob, words = model.log_prob, model.words
 
     def word_end(word: str) -> float:
-        return known_word_bonus if word and word_key(word) in model.words else 0.0
+        return known_word_bonus if word and word_key(word) in words else 0.0
 
     class FlashlightCharLM(CTCDecoderLM):
         def __init__(self) -> None:
             CTCDecoderLM.__init__(self)
-            self.contexts: dict = {}
+            self.contexts: dict = {}  # state -> (LM context, open word): per line
 
         def start(self, start_with_nothing: bool) -> CTCDecoderLMState:
             self.contexts.clear()  # one line at a time: forget the last line's states
             state = CTCDecoderLMState()
-            self.contexts[state] = (model.start_context(), "")  # (LM context, open word)
+            self.contexts[state] = (model.start_context(), "")
             return state
 
         def score(self, state: CTCDecoderLMState, token_index: int):
-            char = tokens[token_index]
             context, word = self.contexts[state]
             child = state.child(token_index)
-            in_word = len(char) == 1 and is_word_char(char)
+            char = tokens[token_index]
             if child not in self.contexts:
                 self.contexts[child] = (
                     model.truncate(context + char),
-                    word + char if in_word else "",
+                    word + char if in_word[token_index] else "",
                 )
-            if len(char) != 1:
-                return child, model.log_prob(context, EOS) + word_end(word)
-            score = model.log_prob(context, char) + bonus
-            return child, score if in_word else score + word_end(word)
+            if not is_char[token_index]:
+                return child, log_prob(context, EOS) + word_end(word)
+            if in_word[token_index]:
+                return child, log_prob(context, char) + bonus
+            return child, log_prob(context, char) + bonus + word_end(word)
 
         def finish(self, state: CTCDecoderLMState):
             context, word = self.contexts[state]
-            return state, model.log_prob(context, EOS) + word_end(word)
+            return state, log_prob(context, EOS) + word_end(word)
 
     return FlashlightCharLM()
 

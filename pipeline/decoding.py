@@ -12,11 +12,20 @@ fix in the unmerged #4198): on an H100 it aborts the process with cudaErrorIlleg
 says whether the installed torchaudio is still affected.
 
 Class 0 is the CTC blank; class i > 0 is ``charset.characters[i - 1]``.
+
+A beam search runs on one core, and ``beam_lm`` spends most of its time in the LM's Python
+callback, so ``DecodingPool`` runs the beam searches of many batches in worker processes
+(``evaluate.decode_processes``), each holding its own copy of the decoders.
 """
 
 from __future__ import annotations
 
 import math
+import multiprocessing
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from typing import Protocol
 
 import torch
@@ -83,6 +92,10 @@ class BeamDecoder:
         self.depth = depth  # texts ``nbest`` keeps per line (flashlight's nbest)
         self.name = "beam" if lm is None else "beam_lm"
         self._flashlight = None
+
+    def __getstate__(self) -> dict:
+        # the flashlight search (and its LM callback) is rebuilt where it is unpickled
+        return {**self.__dict__, "_flashlight": None}
 
     def _decoder(self):
         if self._flashlight is None:
@@ -156,3 +169,77 @@ def build_decoders(
             depth=depth,
         )
     return decoders
+
+
+# What ``decode_processes`` 0 starts at most: each process holds its own torch and LM
+# (~0.3 GB), and a container may see more cores than its CPU quota lets it use
+AUTO_PROCESSES_MAX = 8
+
+
+def resolve_processes(requested: int) -> int:
+    """Decoding processes asked for (``evaluate.decode_processes``): 0 means one per CPU
+    core this process may use, at most ``AUTO_PROCESSES_MAX``."""
+    if requested:
+        return requested
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(cores or 1, AUTO_PROCESSES_MAX))
+
+
+# The decoders of a worker process of ``DecodingPool`` (each process its own copy)
+_worker_decoders: dict[str, Decoder] = {}
+
+
+def _start_worker(decoders: dict[str, Decoder]) -> None:
+    torch.set_num_threads(1)  # the search is single-threaded; its few tensor ops too
+    _worker_decoders.update(decoders)
+
+
+def _decode_in_worker(
+    name: str, log_probs: torch.Tensor, lengths: torch.Tensor
+) -> tuple[list[Hypothesis], float]:
+    start = time.perf_counter()
+    hypotheses = _worker_decoders[name](log_probs, lengths)
+    return hypotheses, time.perf_counter() - start
+
+
+# What ``DecodingPool.submit`` hands back: call it for the batch's hypotheses and the
+# seconds the decoder took (in whichever process ran it)
+Pending = Callable[[], tuple[list[Hypothesis], float]]
+
+
+class DecodingPool:
+    """``decoders`` run batch by batch: the beam searches in ``processes`` worker processes
+    (spawned on first use, so that no thread state of the reader is forked), the greedy
+    decoder (cheap, vectorized) in the calling process. With ``processes`` 1 everything runs
+    in the calling process. The texts are the same either way: each batch is decoded alone."""
+
+    def __init__(self, decoders: dict[str, Decoder], processes: int) -> None:
+        self.decoders = decoders
+        self.processes = processes
+        self._pooled = {name for name, d in decoders.items() if isinstance(d, BeamDecoder)}
+        self._executor: ProcessPoolExecutor | None = None
+
+    def submit(
+        self, name: str, log_probs: torch.Tensor, lengths: torch.Tensor, pooled: bool = True
+    ) -> Pending:
+        """Decode one batch, ``log_probs (T, B, K)`` and ``lengths (B,)`` on the CPU; with
+        ``pooled`` false in this process (a few lines do not pay for starting the workers)."""
+        if pooled and self.processes > 1 and name in self._pooled:
+            if self._executor is None:
+                self._executor = ProcessPoolExecutor(
+                    self.processes,
+                    mp_context=multiprocessing.get_context("spawn"),
+                    initializer=_start_worker,
+                    initargs=({n: self.decoders[n] for n in self._pooled},),
+                )
+            future = self._executor.submit(_decode_in_worker, name, log_probs, lengths)
+            return future.result
+        start = time.perf_counter()
+        hypotheses = self.decoders[name](log_probs, lengths)
+        done = hypotheses, time.perf_counter() - start
+        return lambda: done
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(cancel_futures=True)
+            self._executor = None

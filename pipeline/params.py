@@ -365,6 +365,7 @@ class EvaluateParams:
     beam_threshold: float  # prune hypotheses this far (log-prob) below the best
     worst_lines: int  # lines shown in the worst-lines picture
     max_batch_pixels: int  # padded pixels per batch (B x H x W_max) when reading lines
+    decode_processes: int  # processes for the beam searches (0: one per CPU core)
     lm_weight: float  # beam_lm: weight of the character LM's log-prob
     lm_char_bonus: float  # beam_lm: log-prob bonus per character (balances the LM's pull to short)
     lm_word_bonus: float  # beam_lm: log-prob bonus per completed word that training text holds
@@ -379,7 +380,7 @@ class EvaluateParams:
                 f"evaluate.{name}",
                 f"must be >= 1, got {getattr(self, name)}",
             )
-        for name in ("beam_size_token", "worst_lines"):
+        for name in ("beam_size_token", "worst_lines", "decode_processes"):
             _require(
                 getattr(self, name) >= 0,
                 f"evaluate.{name}",

@@ -30,6 +30,7 @@ from pipeline.errors import PipelineError
 from pipeline.layout import PROJECT_PARAMS
 from pipeline.lines import BadRow
 from pipeline.pages import find_page_files, page_lines_to_read, write_back
+from pipeline.params import load_params
 from pipeline.recognizer import Recognizer
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,10 @@ def predict(
     """One prediction per input line, in input order; unreadable ones carry their error."""
     if decoder_name == "beam_lm" and lm_path is None:
         raise PipelineError("--decoder beam_lm needs --lm (the lm stage writes models/lm.json)")
-    recognizer = Recognizer.load(model_path, lm=lm_path, params=params_path)
+    params = load_params(params_path)
+    recognizer = Recognizer.load(
+        model_path, lm=lm_path, params=params, decode_processes=params.evaluate.decode_processes
+    )
     names: list[str] = []
     errors: dict[int, str] = {}
     stored: list[tuple[bytes, int]] = []  # PNGs at the model's height: the source bytes go
@@ -107,7 +111,8 @@ def predict(
             stored.append(recognizer.stored_line(item.image))
         except BadRow as error:
             errors[index] = item.error or f"{error.reason}: {error.detail}"
-    read = recognizer.read_stored(stored, [decoder_name], progress="predict")
+    with recognizer:
+        read = recognizer.read_stored(stored, [decoder_name], progress="predict")
     readings = iter(read.by_decoder[decoder_name])
     predictions = []
     for index, name in enumerate(names):
@@ -143,7 +148,10 @@ def predict_pages(
     with the recognized text. One prediction per line, named ``<xml>:<line id>``."""
     if decoder_name == "beam_lm" and lm_path is None:
         raise PipelineError("--decoder beam_lm needs --lm (the lm stage writes models/lm.json)")
-    recognizer = Recognizer.load(model_path, lm=lm_path, params=params_path)
+    params = load_params(params_path)
+    recognizer = Recognizer.load(
+        model_path, lm=lm_path, params=params, decode_processes=params.evaluate.decode_processes
+    )
     predictions: list[Prediction] = []
     pages, stored, owners = [], [], []
     for xml, folder in _page_files(inputs):
@@ -159,7 +167,8 @@ def predict_pages(
             except BadRow as error:
                 problems[line_id] = str(error)
         pages.append((page, xml.relative_to(folder), problems, {}))
-    read = recognizer.read_stored(stored, [decoder_name], progress="predict")
+    with recognizer:
+        read = recognizer.read_stored(stored, [decoder_name], progress="predict")
     for (index, line_id), reading in zip(owners, read.by_decoder[decoder_name], strict=True):
         pages[index][3][line_id] = (reading.text, round(reading.confidence, 4))
     for page, relative, problems, readings in pages:

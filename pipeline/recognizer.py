@@ -18,7 +18,7 @@ from __future__ import annotations
 import io
 import math
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +32,7 @@ from tqdm import tqdm
 from pipeline.charlm import CharNgram
 from pipeline.charset import Charset
 from pipeline.data import WidthBucketBatches, pad_lines, to_model_input
-from pipeline.decoding import Decoder, build_decoders
+from pipeline.decoding import Decoder, DecodingPool, Pending, build_decoders, resolve_processes
 from pipeline.errors import PipelineError
 from pipeline.layout import PROJECT_PARAMS
 from pipeline.lines import BadRow, decode_png, normalize_image
@@ -79,6 +79,9 @@ def text_log_likelihoods(
 # Lines whose versions (every size of ``evaluate.scales``) are held at once for the choice:
 # about 350 kB a line at five sizes (frames x classes floats each)
 LINES_PER_CHOICE = 512
+# Batches decoded in worker processes and not yet collected, per process, when a reading
+# keeps no emissions: bounds the log-probs waiting in memory
+BATCHES_IN_FLIGHT_PER_PROCESS = 4
 
 
 def joint_choice(
@@ -153,12 +156,32 @@ class Recognizer:
         params: Params,
         device: torch.device | None = None,
         lm: CharNgram | None = None,
+        decode_processes: int = 1,
     ) -> None:
         self.device = device or default_device()
         self.network = network.to(self.device).eval()
         self.charset = charset
         self.params = params
         self.decoders: dict[str, Decoder] = build_decoders(charset, params.evaluate, lm)
+        # Beam searches in worker processes (0: one per core), spawned: a script that asks
+        # for them needs the ``if __name__ == "__main__":`` guard, as for a DataLoader's
+        # workers, so the Python API decodes in the calling process unless told otherwise.
+        self._pool = DecodingPool(self.decoders, resolve_processes(decode_processes))
+
+    @property
+    def decode_processes(self) -> int:
+        """Processes the beam searches run in (1: this one)."""
+        return self._pool.processes
+
+    def close(self) -> None:
+        """Stop the beam searches' worker processes, if any were started."""
+        self._pool.close()
+
+    def __enter__(self) -> Recognizer:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
     @classmethod
     def load(
@@ -167,16 +190,19 @@ class Recognizer:
         device: torch.device | str | None = None,
         lm: Path | str | CharNgram | None = None,
         params: Params | Path | str = PROJECT_PARAMS,
+        decode_processes: int = 1,
     ) -> Recognizer:
         """A model file written by the train stage (charset and architecture travel in it);
-        ``lm``: a character LM file (``models/lm.json``) to add the ``beam_lm`` decoder."""
+        ``lm``: a character LM file (``models/lm.json``) to add the ``beam_lm`` decoder;
+        ``decode_processes``: worker processes for the beam searches (0: one per core; the
+        stages pass ``evaluate.decode_processes``)."""
         module = load_model(Path(path))
         if not isinstance(params, Params):
             params = load_params(params)
         if lm is not None and not isinstance(lm, CharNgram):
             lm = CharNgram.load(Path(lm))
         device = torch.device(device) if device is not None else None
-        return cls(module.model, module.charset, params, device, lm)
+        return cls(module.model, module.charset, params, device, lm, decode_processes)
 
     @property
     def height(self) -> int:
@@ -279,14 +305,16 @@ class Recognizer:
         # the line as stored first: its frames are the ones a reading reports
         scales = (1.0, *[scale for scale in self.params.evaluate.scales if scale != 1.0])
         if scales == (1.0,):
-            readings, _ = self.read_version(line, widths, decoders, seconds, progress, keep=False)
+            readings, _ = self.read_version(line, widths, decoders, seconds, progress, keep=False)()
             return Readings(readings, seconds, readings)
         found: dict[str, list] = {name: [None] * len(widths) for name in decoders}
         as_stored: dict[str, list] = {name: [None] * len(widths) for name in decoders}
         # lines in chunks, so that the versions held for the choice stay a bounded memory
         for first in range(0, len(widths), LINES_PER_CHOICE):
             chunk = range(first, min(first + LINES_PER_CHOICE, len(widths)))
-            versions = [  # per size: (readings by decoder, each line's log_probs)
+            # every size read by the network before any is collected: the worker processes
+            # (decode_processes) keep decoding while the network reads the next size
+            pending = [  # per size: (readings by decoder, each line's log_probs) when called
                 self.read_version(
                     lambda j, s=scale, c=chunk: rescaled(line(c[j]), s),
                     [max(1, round(widths[i] * scale)) for i in chunk],
@@ -297,6 +325,7 @@ class Recognizer:
                 )
                 for scale in scales
             ]
+            versions = [collect() for collect in pending]
             for name in decoders:
                 as_stored[name][first : first + len(chunk)] = versions[0][0][name]
                 start = time.perf_counter()
@@ -314,26 +343,24 @@ class Recognizer:
         seconds: dict[str, float],
         progress: str | None,
         keep: bool,
-    ) -> tuple[dict[str, list[Reading]], list[torch.Tensor]]:
+    ) -> Callable[[], tuple[dict[str, list[Reading]], list[torch.Tensor]]]:
         """One version of lines ``line(i)`` (as stored, or e.g. ``rescaled``) read once by
-        the network and each decoder: per decoder its readings in index order, and with
-        ``keep`` each line's ``log_probs (T_i, K)`` on the CPU (else none), what
-        ``joint_choice`` pools; the seconds of each step added to ``seconds``."""
+        the network now, its batches handed to each decoder (``DecodingPool``); call the
+        result to collect them: per decoder the readings in index order, and with ``keep``
+        each line's ``log_probs (T_i, K)`` on the CPU (else none), what ``joint_choice``
+        pools. The seconds of each step are added to ``seconds`` (a decoder's in the
+        process that ran it). Without ``keep`` the batches not yet collected stay a bounded
+        number, so this call collects most of them itself."""
         readings: dict[str, list] = {name: [None] * len(widths) for name in decoders}
         emissions: list = [None] * len(widths) if keep else []
-        for batch, log_probs, frames, network_seconds in self.emissions(line, widths, progress):
-            seconds["model"] += network_seconds
-            frame_counts = frames.tolist()
-            # one copy per batch, for every decoder (the beam searches run on the CPU) and for
-            # scoring their texts (a no-op on the CPU)
-            cpu_log_probs, cpu_frames = log_probs.float().cpu(), frames.cpu()
-            if keep:
-                for b, (index, count) in enumerate(zip(batch, frame_counts, strict=True)):
-                    emissions[index] = cpu_log_probs[:count, b].clone()  # (T_i, K)
+        waiting: deque = deque()  # per batch: (batch, its frames, log_probs, {decoder: pending})
+
+        def collect(
+            batch: list[int], frame_counts: list[int], cpu_log_probs, cpu_frames, pending
+        ) -> None:
             for name in decoders:
-                start = time.perf_counter()
-                hypotheses = self.decoders[name](cpu_log_probs, cpu_frames)
-                seconds[name] += time.perf_counter() - start
+                hypotheses, decode_seconds = pending[name]()
+                seconds[name] += decode_seconds
                 texts = [hypothesis.text for hypothesis in hypotheses]
                 likelihoods = text_log_likelihoods(cpu_log_probs, cpu_frames, texts, self.charset)
                 # batches are sorted by width: each reading goes back to its line's index
@@ -343,4 +370,30 @@ class Recognizer:
                     readings[name][index] = Reading(
                         hypothesis.text, per_frame(likelihood, count), hypothesis.score, count
                     )
-        return readings, emissions
+
+        in_flight = BATCHES_IN_FLIGHT_PER_PROCESS * self._pool.processes
+        # one batch or less (a few lines to predict): not worth starting worker processes
+        pooled = len(widths) > self.params.evaluate.batch_size
+        for batch, log_probs, frames, network_seconds in self.emissions(line, widths, progress):
+            seconds["model"] += network_seconds
+            frame_counts = frames.tolist()
+            # one copy per batch, for every decoder (the beam searches run on the CPU) and for
+            # scoring their texts (a no-op on the CPU)
+            cpu_log_probs, cpu_frames = log_probs.float().cpu(), frames.cpu()
+            if keep:
+                for b, (index, count) in enumerate(zip(batch, frame_counts, strict=True)):
+                    emissions[index] = cpu_log_probs[:count, b].clone()  # (T_i, K)
+            pending: dict[str, Pending] = {
+                name: self._pool.submit(name, cpu_log_probs, cpu_frames, pooled)
+                for name in decoders
+            }
+            waiting.append((batch, frame_counts, cpu_log_probs, cpu_frames, pending))
+            while not keep and len(waiting) > in_flight:
+                collect(*waiting.popleft())
+
+        def finish() -> tuple[dict[str, list[Reading]], list[torch.Tensor]]:
+            while waiting:
+                collect(*waiting.popleft())
+            return readings, emissions
+
+        return finish

@@ -29,11 +29,13 @@ def main(argv: list[str] | None = None) -> None:
 
     def work() -> None:
         params = load_params(args.params)
-        recognizer = Recognizer.load(args.model, lm=args.lm, params=params)
         outputs = EvaluationOutputs(
             args.metrics, args.speed, args.predictions, args.plots, args.worst
         )
-        evaluate(recognizer, LinesFolder(args.lines), outputs, params.evaluate.worst_lines)
+        with Recognizer.load(
+            args.model, lm=args.lm, params=params, decode_processes=params.evaluate.decode_processes
+        ) as recognizer:
+            evaluate(recognizer, LinesFolder(args.lines), outputs, params.evaluate.worst_lines)
 
     run_command("evaluate", work)
 

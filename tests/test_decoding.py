@@ -2,6 +2,7 @@
 
 import json
 import math
+import pickle
 
 import pytest
 import torch
@@ -9,7 +10,13 @@ from torchmetrics.text import CharErrorRate, WordErrorRate
 
 from pipeline.charlm import BOS, CharNgram, LanguageModelError, words_of
 from pipeline.charset import Charset
-from pipeline.decoding import BeamDecoder, GreedyDecoder, build_decoders
+from pipeline.decoding import (
+    AUTO_PROCESSES_MAX,
+    BeamDecoder,
+    GreedyDecoder,
+    build_decoders,
+    resolve_processes,
+)
 from pipeline.greedy import greedy_ids
 
 CHARSET = Charset(tuple(" ab"))  # ids: blank 0, " " 1, "a" 2, "b" 3
@@ -253,3 +260,24 @@ def test_a_language_model_file_keeps_its_words_and_an_old_one_is_refused(tmp_pat
     (tmp_path / "old.json").write_text(json.dumps(payload))
     with pytest.raises(LanguageModelError, match=r"old\.json: .*rebuild it"):
         CharNgram.load(tmp_path / "old.json")
+
+
+def test_a_language_model_pickles_as_what_it_is_built_from():
+    """Decoding processes get the LM pickled: the copy has the same order, words and
+    probabilities (not the memo of the original's log-probs)."""
+    lm = CharNgram.fit(["le testament", "ma femme", "l'homme"], order=4)
+    copy = pickle.loads(pickle.dumps(lm))
+    assert (copy.order, copy.words, copy.vocabulary) == (lm.order, lm.words, lm.vocabulary)
+    for context, char in [("le t", "e"), ("", "m"), ("zzz", "a"), ("ma ", "f")]:
+        assert copy.log_prob(context, char) == lm.log_prob(context, char)
+    decoder = BeamDecoder(CHARSET, 10, 0, 1000.0, lm=lm, lm_weight=0.5, lm_char_bonus=1.0)
+    decoder._decoder()  # a built flashlight search stays behind: the copy builds its own
+    assert pickle.loads(pickle.dumps(decoder)).lm.words == lm.words
+
+
+def test_decode_processes_zero_is_one_per_core_up_to_a_cap(monkeypatch):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(64)))
+    assert resolve_processes(0) == AUTO_PROCESSES_MAX
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1})
+    assert resolve_processes(0) == 2
+    assert resolve_processes(3) == 3

@@ -66,6 +66,7 @@ def test_evaluate_writes_metrics_predictions_and_plots(trained, tmp_path):
         assert metrics[split]["lines"] == 4
     speed = json.loads((tmp_path / "speed.json").read_text())
     assert speed["greedy_lines_per_second"] > 0 and speed["beam_lines_per_second"] > 0
+    assert speed["decode_processes"] == 1 and speed["read_seconds"] > 0
 
     predictions = pq.read_table(tmp_path / "predictions.parquet").to_pylist()
     assert len(predictions) == 8

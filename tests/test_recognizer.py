@@ -4,6 +4,7 @@ import dataclasses
 import io
 import math
 import random
+from collections import defaultdict
 from types import SimpleNamespace
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from pipeline.charlm import CharNgram
 from pipeline.charset import Charset
 from pipeline.errors import PipelineError
 from pipeline.recognizer import Reading, Recognizer, joint_choice, per_frame, rescaled
@@ -227,3 +229,72 @@ def test_the_joint_choice_adds_the_decoders_prior_once_per_version():
     assert strong.score == pytest.approx((math.log(0.35 * 0.35 * 0.7) + 0.9) / 3, rel=1e-5)
     assert strong.confidence == pytest.approx((0.35 * 0.35 * 0.7) ** (1 / 3), rel=1e-5)
     assert joint_choice(versions, Prefers(text="b", bonus=0.1), charset).text == "a"
+
+
+class SeededReader(torch.nn.Module):
+    """Stands in for the CRNN: one frame per 2 px, each frame's class probabilities drawn
+    from a seed set by the line's width (no two classes exactly tied, as in real lines)."""
+
+    def __init__(self, height: int, classes: int) -> None:
+        super().__init__()
+        self.config = SimpleNamespace(architecture=SimpleNamespace(height=height))
+        self.classes = classes
+
+    def output_lengths(self, widths: torch.Tensor) -> torch.Tensor:
+        return widths // 2
+
+    def forward(self, images: torch.Tensor, widths: torch.Tensor):  # (B, 1, H, W)
+        frames = int(images.shape[-1]) // 2
+        log_probs = torch.full((frames, len(widths), self.classes), -30.0)  # (T, B, K)
+        for b, width in enumerate(widths.tolist()):
+            logits = torch.randn(
+                width // 2, self.classes, generator=torch.Generator().manual_seed(width)
+            )
+            log_probs[: width // 2, b] = (2 * logits).log_softmax(-1)
+        return log_probs, None
+
+
+def test_beam_searches_in_worker_processes_read_what_one_process_reads(tiny_params, monkeypatch):
+    """``decode_processes``: each batch's beam searches run in spawned worker processes (each
+    with its own copy of the decoders and the LM) while the network reads on. Every reading
+    is the one a single process makes, in input order: read once (batches collected while
+    others are in flight) and read at several sizes (all sizes submitted before any is
+    collected)."""
+    monkeypatch.setattr("pipeline.recognizer.BATCHES_IN_FLIGHT_PER_PROCESS", 1)
+    evaluate = dataclasses.replace(tiny_params.evaluate, batch_size=3, scales=(1.0, 0.8))
+    params = dataclasses.replace(tiny_params, evaluate=evaluate)
+    lm = CharNgram.fit(["abc", "cab", "ba", "jig", "head"] * 3, order=3)
+    widths = [12 + 5 * k for k in range(20)]
+    random.Random(1).shuffle(widths)
+    lines = [torch.zeros(1, 32, w) for w in widths]
+    decoders = ["greedy", "beam", "beam_lm"]
+
+    def texts_and_scores(readings: dict[str, list[Reading]]) -> dict:
+        return {
+            name: [(r.text, r.score, r.confidence) for r in read] for name, read in readings.items()
+        }
+
+    results = {}
+    for processes in (1, 2):
+        network = SeededReader(32, len(LETTERS) + 1)
+        with Recognizer(
+            network, Charset(tuple(LETTERS)), params, torch.device("cpu"), lm, processes
+        ) as recognizer:
+            once, _ = recognizer.read_version(
+                lines.__getitem__, widths, decoders, defaultdict(float), None, keep=False
+            )()
+            sizes = recognizer.read_lines(lines.__getitem__, widths, decoders)
+            assert all(sizes.seconds[name] > 0 for name in decoders)
+        results[processes] = [
+            texts_and_scores(once),
+            texts_and_scores(sizes.by_decoder),
+            texts_and_scores(sizes.as_stored),
+        ]
+    for pooled, alone in zip(results[2], results[1], strict=True):
+        for name in decoders:
+            assert [t for t, _, _ in pooled[name]] == [t for t, _, _ in alone[name]]
+            assert [s for _, s, _ in pooled[name]] == pytest.approx([s for _, s, _ in alone[name]])
+            assert [c for _, _, c in pooled[name]] == pytest.approx([c for _, _, c in alone[name]])
+    # the workers' beam_lm used the LM: it read other texts than beam on some lines
+    once = results[2][0]
+    assert [t for t, _, _ in once["beam_lm"]] != [t for t, _, _ in once["beam"]]
