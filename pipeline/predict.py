@@ -86,6 +86,14 @@ def _parquet_items(path: Path) -> Iterator[Item]:
         yield Item(f"{path}:{row_id}", image)
 
 
+def _recognizer(model_path: Path, params_path: Path, lm_path: Path | None) -> Recognizer:
+    """The recognizer both readers use: the beam searches in ``evaluate.decode_processes``."""
+    params = load_params(params_path)
+    return Recognizer.load(
+        model_path, lm=lm_path, params=params, decode_processes=params.evaluate.decode_processes
+    )
+
+
 def predict(
     model_path: Path,
     inputs: list[Path],
@@ -96,10 +104,7 @@ def predict(
     """One prediction per input line, in input order; unreadable ones carry their error."""
     if decoder_name == "beam_lm" and lm_path is None:
         raise PipelineError("--decoder beam_lm needs --lm (the lm stage writes models/lm.json)")
-    params = load_params(params_path)
-    recognizer = Recognizer.load(
-        model_path, lm=lm_path, params=params, decode_processes=params.evaluate.decode_processes
-    )
+    recognizer = _recognizer(model_path, params_path, lm_path)
     names: list[str] = []
     errors: dict[int, str] = {}
     stored: list[tuple[bytes, int]] = []  # PNGs at the model's height: the source bytes go
@@ -148,10 +153,7 @@ def predict_pages(
     with the recognized text. One prediction per line, named ``<xml>:<line id>``."""
     if decoder_name == "beam_lm" and lm_path is None:
         raise PipelineError("--decoder beam_lm needs --lm (the lm stage writes models/lm.json)")
-    params = load_params(params_path)
-    recognizer = Recognizer.load(
-        model_path, lm=lm_path, params=params, decode_processes=params.evaluate.decode_processes
-    )
+    recognizer = _recognizer(model_path, params_path, lm_path)
     predictions: list[Prediction] = []
     pages, stored, owners = [], [], []
     for xml, folder in _page_files(inputs):
